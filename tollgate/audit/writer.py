@@ -1,0 +1,89 @@
+"""The audit writer: one JSON line per decision, appended, flushed, hash-chained.
+
+Each line carries ``tollgate.chain.prev``, the SHA-256 of the previous line's bytes (the
+last line of the previous file after rotation, or of the existing file after a restart), so
+an edited, deleted or reordered line breaks the chain. A write that fails raises
+AuditError: callers block the traffic rather than run unaudited.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+ECS_VERSION = "8.11.0"
+GENESIS = "0" * 64
+
+
+class AuditError(Exception):
+    """The audit log cannot be written."""
+
+
+class AuditWriter:
+    def __init__(self, path: str | Path, rotate_bytes: int = 100 * 1024 * 1024):
+        self.path = Path(path)
+        self.rotate_bytes = rotate_bytes
+        self._lock = threading.Lock()
+        self._seq = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            self._prev = _last_line_hash(self.path)
+            self._file = open(self.path, "ab", buffering=0)
+            os.chmod(self.path, 0o640)
+        except OSError as e:
+            raise AuditError(f"cannot open audit log {self.path}: {e.strerror}") from e
+
+    def write(self, event: dict[str, Any]) -> None:
+        """Append one event. Adds @timestamp, ecs.version and the chain fields."""
+        with self._lock:
+            record = {"@timestamp": _now(), "ecs": {"version": ECS_VERSION}, **event}
+            tollgate = dict(record.get("tollgate", {}))
+            self._seq += 1
+            tollgate["chain"] = {"prev": self._prev, "seq": self._seq}
+            record["tollgate"] = tollgate
+            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8") + b"\n"
+            try:
+                self._maybe_rotate(len(line))
+                self._file.write(line)
+            except OSError as e:
+                raise AuditError(f"cannot write audit log {self.path}: {e.strerror}") from e
+            self._prev = hashlib.sha256(line).hexdigest()
+
+    def _maybe_rotate(self, incoming: int) -> None:
+        size = self._file.tell()
+        if size == 0 or size + incoming <= self.rotate_bytes:
+            return
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        self._file.close()
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.{stamp}"))
+        self._file = open(self.path, "ab", buffering=0)
+        os.chmod(self.path, 0o640)
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _last_line_hash(path: Path) -> str:
+    """Hash of the file's last complete line, so a restart continues the chain."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            if end == 0:
+                return GENESIS
+            f.seek(max(0, end - 65536))
+            tail = f.read()
+    except FileNotFoundError:
+        return GENESIS
+    # A torn last line (crash mid-write) is hashed as it is: the chain covers it too.
+    return hashlib.sha256(tail.splitlines(keepends=True)[-1]).hexdigest()

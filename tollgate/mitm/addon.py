@@ -1,0 +1,426 @@
+"""The Tollgate mitmproxy addon: hooks that translate flows into gate calls and back.
+
+No policy logic lives here. Each hook gathers facts from the flow, asks a gate in
+``tollgate.gates``, turns the decision into a response (or a refused connection) and an
+audit event. Every hook is wrapped by ``fail_closed``: an exception blocks the traffic
+and is audited, because mitmproxy itself would log it and forward the flow unscanned.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import ipaddress
+import logging
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mitmproxy import connection, ctx, exceptions, http, tcp, tls
+from mitmproxy.proxy import server_hooks
+
+from tollgate.audit.events import decision_event, lifecycle_event, new_incident_id
+from tollgate.audit.writer import AuditError, AuditWriter
+from tollgate.gates.address import ResolveError, choose_address, parse_ip_literal, resolve
+from tollgate.gates.client import identify_client
+from tollgate.gates.decision import Decision, Reason
+from tollgate.gates.destination import decide_destination
+from tollgate.gates.request import check_authorities, check_sni
+from tollgate.mitm.hardening import review_options
+from tollgate.mitm.responses import error_response
+from tollgate.policy.hosts import normalize_host
+from tollgate.policy.loader import PolicyError, load_policy
+from tollgate.policy.model import ClientGroup, Destination, Policy
+from tollgate.tls.trust import TrustError, build_bundle
+
+logger = logging.getLogger("tollgate")
+
+TLS_VERSIONS = {"1.2": "TLS1_2", "1.3": "TLS1_3"}
+
+
+@dataclass
+class Approval:
+    """A destination the policy allowed for one client connection, pinned to a vetted IP."""
+
+    host: str  # normalised name, or the IP literal as given
+    port: int
+    ip: str
+    decision: Decision
+
+    @property
+    def is_ip(self) -> bool:
+        return self.host == self.ip or _is_ip(self.host)
+
+    def covers(self, address: tuple[str, int]) -> bool:
+        host, port = address
+        return port == self.port and (host == self.ip or _same_name(host, self.host))
+
+
+@dataclass
+class ConnState:
+    """What Tollgate knows about one client connection."""
+
+    tunnel: Approval | None = None  # set by an allowed CONNECT
+    plain: dict[tuple[str, int], Approval] = field(default_factory=dict)  # plain-HTTP destinations
+    tls_refused: bool = False
+
+
+def fail_closed(kind: str) -> Callable:
+    """Wrap a hook so that any exception refuses the traffic it was handling."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        async def wrapper(self: "Tollgate", data: Any) -> None:
+            try:
+                result = fn(self, data)
+                if inspect.isawaitable(result):
+                    await result
+            except exceptions.AddonHalt:
+                raise
+            except Exception:
+                logger.exception("tollgate: %s hook failed; refusing the traffic", fn.__name__)
+                self._refuse_after_error(kind, data, fn.__name__)
+                if kind == "tls":
+                    raise exceptions.AddonHalt()
+
+        return wrapper
+
+    return decorate
+
+
+class Tollgate:
+    name = "tollgate"
+
+    def __init__(self) -> None:
+        self.policy: Policy | None = None
+        self.audit: AuditWriter | None = None
+        self.conns: weakref.WeakKeyDictionary[connection.Client, ConnState] = weakref.WeakKeyDictionary()
+        self.own_endpoints: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]] = []
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("tollgate_policy", str, "", "Tollgate policy file, e.g. policies/example.yaml")
+        loader.add_option("tollgate_audit_path", str, "",
+                          "Audit log file; default: the policy's audit.path, e.g. var/audit/audit.jsonl")
+
+    def configure(self, updated: set[str]) -> None:
+        changes, errors = review_options({k: getattr(ctx.options, k) for k in updated if k in ctx.options})
+        if errors:
+            raise exceptions.OptionsError("; ".join(errors))
+        if changes:
+            logger.warning("tollgate: forcing safe mitmproxy options: %s",
+                           ", ".join(f"{k}={v}" for k, v in changes.items()))
+            ctx.options.update(**changes)
+        if {"tollgate_policy", "tollgate_audit_path", "confdir"} & updated:
+            self._load_policy()
+
+    def _load_policy(self) -> None:
+        path = ctx.options.tollgate_policy
+        if not path:
+            return  # `running` refuses to serve without a policy
+        try:
+            policy = load_policy(path)
+        except PolicyError as e:
+            raise exceptions.OptionsError(f"policy {path} is invalid:\n{e}") from None
+        audit_path = ctx.options.tollgate_audit_path or policy.audit.path
+        try:
+            audit = AuditWriter(audit_path, policy.audit.rotate_bytes)
+        except AuditError as e:
+            raise exceptions.OptionsError(str(e)) from None
+        try:
+            bundle = build_bundle(policy.upstream.extra_ca_files, Path(ctx.options.confdir).expanduser())
+        except TrustError as e:
+            raise exceptions.OptionsError(str(e)) from None
+        ctx.options.update(
+            ssl_verify_upstream_trusted_ca=str(bundle),
+            tls_version_server_min=TLS_VERSIONS[policy.upstream.min_tls_version],
+        )
+        old_audit, self.policy, self.audit = self.audit, policy, audit
+        if old_audit:
+            old_audit.close()
+        self._write(lifecycle_event("policy-loaded", f"policy {path} loaded", policy={"path": path, "sha256": policy.sha256}))
+
+    def running(self) -> None:
+        if self.policy is None:
+            # An error logged during start-up makes mitmproxy exit (errorcheck addon).
+            logger.error("tollgate: no policy loaded; set it with --set tollgate_policy=policies/example.yaml")
+            return
+        proxyserver = ctx.master.addons.get("proxyserver")
+        addrs = proxyserver.listen_addrs() if proxyserver else []
+        self.own_endpoints = []
+        for host, port, *_ in addrs:
+            ip = ipaddress.ip_address(host)
+            self.own_endpoints.append((None if ip.is_unspecified else ip, port))
+        listen = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p, *_ in addrs]
+        self._write(lifecycle_event("proxy-started", "Tollgate is running", listen=listen))
+        # Printed, not logged: scripts and tests wait for this line whatever the log level.
+        print(f"tollgate: listening on {', '.join(listen)}", flush=True)
+
+    def done(self) -> None:
+        if self.audit:
+            try:
+                self._write(lifecycle_event("proxy-stopped", "Tollgate stopped"))
+            finally:
+                self.audit.close()
+                self.audit = None
+
+    # --- stage 1+2: CONNECT -----------------------------------------------------------
+
+    @fail_closed("http")
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return  # e.g. proxyauth already answered 407
+        approval = await self._admit(flow, flow.request.host, flow.request.port, "connection")
+        if approval:
+            self._state(flow.client_conn).tunnel = approval
+
+    # --- stage 3: the last gate before a socket is opened ---------------------------
+
+    @fail_closed("server")
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        state = self.conns.get(data.client)
+        address = data.server.address
+        approval = None
+        if state and address:
+            candidates = ([state.tunnel] if state.tunnel else []) + list(state.plain.values())
+            approval = next((a for a in candidates if a.covers(address)), None)
+        if approval is None:
+            decision = Decision(Reason.UNAPPROVED_CONNECTION, "no policy decision approved this upstream connection")
+            data.server.error = f"tollgate: {decision.message}"
+            self._write(decision_event("upstream-refused", decision, stage="address", source=_peer(data.client),
+                                       host=address[0] if address else None, port=address[1] if address else None))
+            return
+        # DNS pinning: connect to the address that was vetted, verify TLS against the name.
+        data.server.address = (approval.ip, approval.port)
+        if not approval.is_ip:
+            data.server.sni = approval.host
+
+    # --- stage 4: TLS -----------------------------------------------------------------
+
+    @fail_closed("tls")
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        state = self.conns.get(data.context.client)
+        tunnel = state.tunnel if state else None
+        if tunnel is None:
+            self._refuse_tls(data.context.client, Decision(Reason.NOT_VIA_PROXY, "TLS without an allowed CONNECT"), None)
+        passthrough = tunnel.decision.rule is not None and tunnel.decision.rule.mode == "passthrough"
+        refusal = check_sni(tunnel.host, data.client_hello.sni, passthrough=passthrough, is_ip=tunnel.is_ip)
+        if refusal:
+            refusal = Decision(refusal.reason, refusal.message, rule=tunnel.decision.rule, client=tunnel.decision.client)
+            self._refuse_tls(data.context.client, refusal, tunnel)
+        if passthrough:
+            data.ignore_connection = True  # SNI == CONNECT host was just checked
+            self._write(decision_event("tunnel-passthrough", tunnel.decision, stage="tls",
+                                       source=_peer(data.context.client), host=tunnel.host, port=tunnel.port, ip=tunnel.ip))
+
+    @fail_closed("tls")
+    def tls_start_client(self, data: tls.TlsData) -> None:
+        state = self.conns.get(data.context.client)
+        if state is None or state.tunnel is None or state.tls_refused:
+            raise exceptions.AddonHalt()  # no ssl_conn: mitmproxy fails the client handshake
+
+    def _refuse_tls(self, client: connection.Client, decision: Decision, tunnel: Approval | None) -> None:
+        self._state(client).tls_refused = True
+        self._write(decision_event("tls-denied", decision, stage="tls", source=_peer(client),
+                                   host=tunnel.host if tunnel else None, port=tunnel.port if tunnel else None,
+                                   incident=new_incident_id()))
+        raise exceptions.AddonHalt()
+
+    # --- stage 5: requests ------------------------------------------------------------
+
+    @fail_closed("http")
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        state = self.conns.get(flow.client_conn)
+        tunnel = state.tunnel if state else None
+        hosts = flow.request.headers.get_all("host")
+        if tunnel is not None:
+            refusal = check_authorities(tunnel.host, tunnel.port, hosts, flow.request.authority or None)
+            if refusal:
+                decision = Decision(refusal.reason, refusal.message, rule=tunnel.decision.rule, client=tunnel.decision.client)
+                self._deny(flow, decision, "request-denied", "request", tunnel.host, tunnel.port)
+                return
+            self._approve(flow, tunnel)
+            return
+        # A plain-HTTP proxy request: the absolute URL names the destination.
+        refusal = check_authorities(flow.request.host, flow.request.port, hosts, None)
+        if refusal:
+            self._deny(flow, refusal, "request-denied", "request", flow.request.host, flow.request.port)
+            return
+        approval = await self._admit(flow, flow.request.host, flow.request.port, "request")
+        if approval:
+            self._state(flow.client_conn).plain[(approval.host, approval.port)] = approval
+            self._approve(flow, approval)
+
+    @fail_closed("http")
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        # Positive approval: a request that no gate approved is never forwarded.
+        if flow.metadata.get("tollgate", {}).get("approved") is not True:
+            self._deny(flow, Decision(Reason.INTERNAL_ERROR, "the request was not approved by the policy"),
+                       "request-denied", "request", flow.request.host, flow.request.port)
+
+    # --- anything that is not HTTP ----------------------------------------------------
+
+    @fail_closed("tcp")
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        # rawtcp is forced off, so this only runs if that safeguard was defeated.
+        self._refuse_tcp(flow)
+
+    @fail_closed("tcp")
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        self._refuse_tcp(flow)
+
+    def _refuse_tcp(self, flow: tcp.TCPFlow) -> None:
+        if flow.messages:
+            flow.messages[-1].content = b""  # kill() alone does not stop in-flight TCP data
+        flow.kill()
+        self._write(decision_event("connection-denied", Decision(Reason.NOT_HTTP, "non-HTTP data in a tunnel is not forwarded"),
+                                   stage="request", source=_peer(flow.client_conn)))
+
+    # --- shared steps -----------------------------------------------------------------
+
+    async def _admit(self, flow: http.HTTPFlow, host: str, port: int, what: str) -> Approval | None:
+        """Client gate, destination gate and address gate. Answers the flow when refused."""
+        policy = self.policy
+        action = f"{what}-denied"
+        if policy is None:
+            self._deny(flow, Decision(Reason.POLICY_UNAVAILABLE, "no policy is loaded"), action, "client", host, port)
+            return None
+        user = _verified_user(flow)
+        client = identify_client(policy, flow.client_conn.peername[0], user)
+        if client is None:
+            self._deny(flow, Decision(Reason.CLIENT_UNKNOWN, "this client is not listed in the policy"),
+                       "client-refused", "client", host, port)
+            return None
+        decision = decide_destination(policy, client, host, port)
+        if not decision.allowed:
+            self._deny(flow, decision, action, "destination", host, port)
+            return None
+        name = _normalised(host)
+        try:
+            addresses = await resolve(name, port, policy.network)
+        except ResolveError as e:
+            self._deny(flow, Decision(Reason.RESOLVE_FAILED, str(e), rule=decision.rule, client=client),
+                       action, "address", host, port)
+            return None
+        ip, refused = choose_address(addresses, port, policy.network, self.own_endpoints)
+        if ip is None:
+            reasons = ", ".join(sorted({str(getattr(r, "value", r)) for _, r in refused}))
+            self._deny(flow, Decision(Reason.ADDRESS_REFUSED, f"{name} resolves only to refused addresses ({reasons})",
+                                      rule=decision.rule, client=client),
+                       action, "address", host, port, extra={"refused": [f"{a} {getattr(r, 'value', r)}" for a, r in refused]})
+            return None
+        approval = Approval(name, port, str(ip), decision)
+        self._write(decision_event(f"{what}-allowed", decision, stage="destination", source=_peer(flow.client_conn),
+                                   user=user, host=name, port=port, ip=str(ip),
+                                   url=flow.request.pretty_url if what == "request" else None,
+                                   method=flow.request.method if what == "request" else None))
+        return approval
+
+    def _approve(self, flow: http.HTTPFlow, approval: Approval) -> None:
+        flow.metadata["tollgate"] = {"approved": True, "client": approval.decision.client.name if approval.decision.client else None,
+                                     "rule": approval.decision.rule.rule_id if approval.decision.rule else None}
+        if approval is self._tunnel(flow):
+            self._write(decision_event("request-allowed", approval.decision, stage="request", source=_peer(flow.client_conn),
+                                       host=approval.host, port=approval.port, ip=approval.ip,
+                                       url=_request_url(flow, approval), method=flow.request.method))
+
+    def _tunnel(self, flow: http.HTTPFlow) -> Approval | None:
+        state = self.conns.get(flow.client_conn)
+        return state.tunnel if state else None
+
+    def _deny(self, flow: http.HTTPFlow, decision: Decision, action: str, stage: str,
+              host: str | None, port: int | None, extra: dict[str, Any] | None = None) -> None:
+        incident = new_incident_id()
+        flow.response = error_response(decision, incident)
+        flow.metadata["tollgate"] = {"approved": False, "reason": decision.reason.value, "incident": incident}
+        self._write(decision_event(action, decision, stage=stage, source=_peer(flow.client_conn),
+                                   user=_verified_user(flow), host=host, port=port, incident=incident,
+                                   url=flow.request.pretty_url if flow.request.method != "CONNECT" else None,
+                                   method=flow.request.method, extra=extra))
+
+    def _refuse_after_error(self, kind: str, data: Any, hook: str) -> None:
+        """Block whatever the failed hook was handling, then try to audit it."""
+        decision = Decision(Reason.INTERNAL_ERROR, f"internal error in the {hook} stage; the traffic was blocked")
+        incident = new_incident_id()
+        client = None
+        try:
+            if kind == "http":
+                data.response = error_response(decision, incident)
+                data.metadata["tollgate"] = {"approved": False, "reason": decision.reason.value, "incident": incident}
+                client = data.client_conn
+            elif kind == "server":
+                data.server.error = f"tollgate: {decision.message}"
+                client = data.client
+            elif kind == "tls":
+                client = data.context.client
+                self._state(client).tls_refused = True
+            elif kind == "tcp":
+                if data.messages:
+                    data.messages[-1].content = b""
+                data.kill()
+                client = data.client_conn
+        finally:
+            try:
+                self._write(decision_event("internal-error", decision, stage=hook, source=_peer(client) if client else None,
+                                           incident=incident))
+            except Exception:
+                logger.exception("tollgate: could not audit the internal error %s", incident)
+
+    def _state(self, client: connection.Client) -> ConnState:
+        state = self.conns.get(client)
+        if state is None:
+            state = self.conns[client] = ConnState()
+        return state
+
+    def _write(self, event: dict[str, Any]) -> None:
+        if self.audit is None:
+            raise AuditError("the audit log is not open")
+        self.audit.write(event)
+
+
+def _peer(client: connection.Client) -> tuple[str, int] | None:
+    if not client or not client.peername:
+        return None
+    host, port = client.peername[:2]
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        host = str(ip.ipv4_mapped)
+    return host, port
+
+
+def _verified_user(flow: http.HTTPFlow) -> str | None:
+    # Set by mitmproxy's proxyauth addon only after it checked the password.
+    auth = flow.metadata.get("proxyauth")
+    return auth[0] if auth else None
+
+
+def _normalised(host: str) -> str:
+    """Canonical form: normalised name, or the IP literal in standard notation."""
+    ip = parse_ip_literal(host)
+    return str(ip) if ip is not None else normalize_host(host)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        return parse_ip_literal(host) is not None
+    except ValueError:
+        return False
+
+
+def _same_name(a: str, b: str) -> bool:
+    try:
+        return _normalised(a) == _normalised(b)
+    except ValueError:
+        return False
+
+
+def _request_url(flow: http.HTTPFlow, approval: Approval) -> str:
+    scheme = flow.request.scheme
+    host = f"[{approval.host}]" if ":" in approval.host else approval.host
+    return f"{scheme}://{host}:{approval.port}{flow.request.path}"
