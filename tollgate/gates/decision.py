@@ -29,6 +29,9 @@ class Reason(str, enum.Enum):
     NOT_HTTP = "not_http"
     NOT_VIA_PROXY = "not_via_proxy"
     UNAPPROVED_CONNECTION = "unapproved_connection"
+    UPSTREAM_CERTIFICATE_INVALID = "upstream_certificate_invalid"
+    UPSTREAM_PIN_MISMATCH = "upstream_pin_mismatch"
+    UPSTREAM_TLS_FAILED = "upstream_tls_failed"
     INTERNAL_ERROR = "internal_error"
     POLICY_UNAVAILABLE = "policy_unavailable"
 
@@ -42,6 +45,9 @@ STATUS = {
     Reason.NOT_VIA_PROXY: 400,
     Reason.HOST_MISMATCH: 421,
     Reason.RESOLVE_FAILED: 502,
+    Reason.UPSTREAM_CERTIFICATE_INVALID: 502,
+    Reason.UPSTREAM_PIN_MISMATCH: 502,
+    Reason.UPSTREAM_TLS_FAILED: 502,
     Reason.INTERNAL_ERROR: 503,
     Reason.POLICY_UNAVAILABLE: 503,
 }

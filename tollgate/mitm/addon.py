@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import server_hooks
+from OpenSSL import SSL
 
 from tollgate.audit.events import decision_event, lifecycle_event, new_incident_id
 from tollgate.audit.writer import AuditError, AuditWriter
@@ -32,6 +33,7 @@ from tollgate.mitm.responses import error_response
 from tollgate.policy.hosts import normalize_host
 from tollgate.policy.loader import PolicyError, load_policy
 from tollgate.policy.model import ClientGroup, Destination, Policy
+from tollgate.tls.pins import CertFacts, chain_matches_pins
 from tollgate.tls.trust import TrustError, build_bundle
 
 logger = logging.getLogger("tollgate")
@@ -64,6 +66,15 @@ class ConnState:
     tunnel: Approval | None = None  # set by an allowed CONNECT
     plain: dict[tuple[str, int], Approval] = field(default_factory=dict)  # plain-HTTP destinations
     tls_refused: bool = False
+    upstream_chain: dict[int, CertFacts] = field(default_factory=dict)  # depth → facts, as verified
+    pin_mismatch: bool = False
+    upstream_failure: Decision | None = None  # answers every request of the tunnel with a 502
+
+    def approval_for(self, address: tuple[str, int] | None) -> Approval | None:
+        if not address:
+            return None
+        candidates = ([self.tunnel] if self.tunnel else []) + list(self.plain.values())
+        return next((a for a in candidates if a.covers(address)), None)
 
 
 def fail_closed(kind: str) -> Callable:
@@ -182,10 +193,7 @@ class Tollgate:
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         state = self.conns.get(data.client)
         address = data.server.address
-        approval = None
-        if state and address:
-            candidates = ([state.tunnel] if state.tunnel else []) + list(state.plain.values())
-            approval = next((a for a in candidates if a.covers(address)), None)
+        approval = state.approval_for(address) if state else None
         if approval is None:
             decision = Decision(Reason.UNAPPROVED_CONNECTION, "no policy decision approved this upstream connection")
             data.server.error = f"tollgate: {decision.message}"
@@ -228,6 +236,63 @@ class Tollgate:
                                    incident=new_incident_id()))
         raise exceptions.AddonHalt()
 
+    @fail_closed("tls")
+    def tls_start_server(self, data: tls.TlsData) -> None:
+        """Build mitmproxy's upstream TLS connection, then add our checks to its verification.
+
+        OpenSSL still verifies chain, expiry and hostname (against the destination name set
+        in server_connect); our callback keeps that verdict, records the chain for the audit
+        log and, for pinned destinations, requires a pinned key somewhere in the chain.
+        """
+        state = self._state(data.context.client)
+        approval = state.approval_for(data.conn.address)
+        if approval is None:
+            raise RuntimeError("upstream TLS for a connection no decision approved")
+        ctx.master.addons.get("tlsconfig").tls_start_server(data)
+        if data.ssl_conn is None:
+            raise RuntimeError("mitmproxy built no upstream TLS connection")
+        pins = approval.decision.rule.pins if approval.decision.rule else ()
+        state.upstream_chain, state.pin_mismatch = {}, False
+
+        def verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+            try:
+                facts = CertFacts.of(cert.to_cryptography())
+                state.upstream_chain[depth] = facts
+                if not ok:
+                    return False
+                if depth == 0 and pins and not chain_matches_pins([f.spki for f in state.upstream_chain.values()], pins):
+                    state.pin_mismatch = True
+                    return False
+                return True
+            except Exception:
+                logger.exception("tollgate: upstream certificate check failed; refusing")
+                return False  # an exception in OpenSSL's callback must never mean "verified"
+
+        data.ssl_conn.set_verify(SSL.VERIFY_PEER, verify)
+
+    @fail_closed("tls")
+    def tls_failed_server(self, data: tls.TlsData) -> None:
+        state = self._state(data.context.client)
+        approval = state.approval_for(data.conn.address)
+        error = str(data.conn.error or "TLS handshake failed")
+        if state.pin_mismatch:
+            reason, message = Reason.UPSTREAM_PIN_MISMATCH, "no certificate in the upstream chain matches the destination's pins"
+        elif error.startswith("Certificate verify failed"):
+            reason, message = Reason.UPSTREAM_CERTIFICATE_INVALID, f"upstream certificate rejected: {error.split(': ', 1)[-1]}"
+        else:
+            reason, message = Reason.UPSTREAM_TLS_FAILED, f"TLS with the upstream failed: {error}"
+        decision = Decision(reason, message, rule=approval.decision.rule if approval else None,
+                            client=approval.decision.client if approval else None)
+        state.upstream_failure = decision
+        leaf = state.upstream_chain.get(0) or next(iter(state.upstream_chain.values()), None)
+        extra = {"upstream_chain": [f.ecs() for _, f in sorted(state.upstream_chain.items())]}
+        event = decision_event("upstream-tls-failed", decision, stage="tls", source=_peer(data.context.client),
+                               host=approval.host if approval else None, port=approval.port if approval else None,
+                               ip=approval.ip if approval else None, extra=extra)
+        if leaf:
+            event["tls"] = {"server": {"x509": leaf.ecs()}}
+        self._write(event)
+
     # --- stage 5: requests ------------------------------------------------------------
 
     @fail_closed("http")
@@ -238,6 +303,10 @@ class Tollgate:
         tunnel = state.tunnel if state else None
         hosts = flow.request.headers.get_all("host")
         if tunnel is not None:
+            if state.upstream_failure:
+                # The client's TLS completed (eager mode), but the upstream was refused.
+                self._deny(flow, state.upstream_failure, "request-denied", "tls", tunnel.host, tunnel.port)
+                return
             refusal = check_authorities(tunnel.host, tunnel.port, hosts, flow.request.authority or None)
             if refusal:
                 decision = Decision(refusal.reason, refusal.message, rule=tunnel.decision.rule, client=tunnel.decision.client)
@@ -263,6 +332,13 @@ class Tollgate:
         if flow.metadata.get("tollgate", {}).get("approved") is not True:
             self._deny(flow, Decision(Reason.INTERNAL_ERROR, "the request was not approved by the policy"),
                        "request-denied", "request", flow.request.host, flow.request.port)
+            return
+        headers = flow.request.headers
+        if flow.request.is_http2 and flow.request.raw_content and "content-length" not in headers \
+                and "transfer-encoding" not in headers:
+            # mitmproxy 11.0.2 forwards such an HTTP/2 body to an HTTP/1.1 upstream with neither
+            # header: the upstream reads an empty body and the bytes desync the connection.
+            headers["content-length"] = str(len(flow.request.raw_content))
 
     # --- anything that is not HTTP ----------------------------------------------------
 
