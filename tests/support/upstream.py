@@ -7,6 +7,8 @@ answered 200 with a JSON summary; ``/status/<code>`` answers that status.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import socket
 import ssl
@@ -48,12 +50,14 @@ class Upstream:
 
     @classmethod
     def start(cls, *, host: str = "127.0.0.1", port: int = 0, cert: Path | None = None, key: Path | None = None,
-              http2: bool = False, tls_versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None) -> "Upstream":
+              http2: bool = False, tls_versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None,
+              alpn: bool = True) -> "Upstream":
         ctx = None
         if cert:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(cert), str(key))
-            ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
+            if alpn:  # without ALPN a client may speak HTTP/2 to the proxy, HTTP/1.1 upstream
+                ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
             if tls_versions:
                 ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
                 ctx.minimum_version, ctx.maximum_version = tls_versions
@@ -120,16 +124,18 @@ class Upstream:
             except OSError:
                 pass
 
-    def _record(self, request: RecordedRequest) -> tuple[int, bytes]:
+    def _record(self, request: RecordedRequest) -> tuple[int, bytes, dict[str, str]]:
         with self._lock:
             self.requests.append(request)
-        status = 200
+        status, extra = 200, {}
         if request.path.startswith("/status/"):
             status = int(request.path.split("/")[2].split("?")[0])
+        if request.path.startswith("/redirect?to="):
+            status, extra = 302, {"Location": request.path.split("=", 1)[1]}
         host = request.header("host") or request.header(":authority")
         body = json.dumps({"ok": True, "method": request.method, "path": request.path, "host": host,
                            "body_length": len(request.body)}).encode()
-        return status, body
+        return status, body, extra
 
     def _serve_h1(self, reader: "_Reader", conn: socket.socket, sni: str | None) -> None:
         while True:
@@ -148,8 +154,11 @@ class Upstream:
                 body = reader.chunked()
             else:
                 body = reader.exact(int(lower.get("content-length", "0")))
-            status, payload = self._record(RecordedRequest(method, target, headers, body, "HTTP/1.1", sni, bool(self._ctx)))
-            conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            if lower.get("upgrade", "").lower() == "websocket":
+                return self._serve_ws(reader, conn, target, lower["sec-websocket-key"], headers, sni)
+            status, payload, extra = self._record(RecordedRequest(method, target, headers, body, "HTTP/1.1", sni, bool(self._ctx)))
+            more = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+            conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n{more}\r\n".encode()
                          + payload)
             if lower.get("connection", "").lower() == "close":
                 return
@@ -174,7 +183,7 @@ class Upstream:
                 elif isinstance(event, h2.events.StreamEnded):
                     headers, body = streams.pop(event.stream_id)
                     pseudo = dict(h for h in headers if h[0].startswith(":"))
-                    status, payload = self._record(RecordedRequest(
+                    status, payload, _ = self._record(RecordedRequest(
                         pseudo.get(":method", ""), pseudo.get(":path", ""), headers, bytes(body), "HTTP/2", sni, True))
                     h2conn.send_headers(event.stream_id, [(":status", str(status)), ("content-type", "application/json"),
                                                           ("content-length", str(len(payload)))])
@@ -182,6 +191,32 @@ class Upstream:
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     return
             conn.sendall(h2conn.data_to_send())
+
+
+    def _serve_ws(self, reader: "_Reader", conn: socket.socket, path: str, key: str,
+                  headers: list[tuple[str, str]], sni: str | None) -> None:
+        """A minimal WebSocket echo (RFC 6455, unfragmented frames): each message is recorded."""
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        conn.sendall(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode())
+        while True:
+            b1, b2 = reader.exact(2)
+            opcode, length = b1 & 0x0F, b2 & 0x7F
+            if length == 126:
+                length = int.from_bytes(reader.exact(2), "big")
+            elif length == 127:
+                length = int.from_bytes(reader.exact(8), "big")
+            mask = reader.exact(4) if b2 & 0x80 else b"\0\0\0\0"
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(reader.exact(length)))
+            if opcode == 8:
+                conn.sendall(b"\x88\x00")
+                return
+            if opcode in (1, 2):
+                self._record(RecordedRequest("WS", path, headers, payload, "WebSocket", sni, bool(self._ctx)))
+                size = bytes([len(payload)]) if len(payload) < 126 else b"\x7e" + len(payload).to_bytes(2, "big")
+                conn.sendall(bytes([0x80 | opcode]) + size + payload)
+            elif opcode == 9:
+                conn.sendall(b"\x8a" + bytes([len(payload)]) + payload)
 
 
 class _Reader:

@@ -1,0 +1,57 @@
+"""Hook-level checks with mitmproxy's own test flows (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mitmproxy.test import taddons, tflow, tutils
+
+from tollgate.mitm.addon import Tollgate
+
+
+def h2_post(headers: tuple = ()) -> object:
+    request = tutils.treq(method=b"POST", http_version=b"HTTP/2.0", content=b"payload", headers=headers)
+    request.headers.pop("content-length", None)
+    flow = tflow.tflow(req=request)
+    flow.metadata["tollgate"] = {"approved": True}
+    return flow
+
+
+def test_http2_body_without_length_gets_content_length():
+    addon = Tollgate()
+    with taddons.context(addon):
+        flow = h2_post()
+        assert "content-length" not in flow.request.headers
+        asyncio.run(addon.request(flow))
+    assert flow.response is None
+    assert flow.request.headers["content-length"] == "7"
+
+
+def test_unapproved_request_is_blocked_even_if_no_gate_ran():
+    addon = Tollgate()
+    with taddons.context(addon):
+        flow = tflow.tflow()
+        addon.audit = _ListAudit()
+        asyncio.run(addon.request(flow))
+    assert flow.response.status_code == 503
+    assert flow.response.headers["x-tollgate-decision"] == "internal_error"
+    assert addon.audit.events[0]["event"]["action"] == "request-denied"
+
+
+def test_audit_failure_still_blocks():
+    addon = Tollgate()  # no audit writer: writing the event raises inside the hook
+    with taddons.context(addon):
+        flow = tflow.tflow()
+        asyncio.run(addon.request(flow))
+    assert flow.response.status_code == 503
+
+
+class _ListAudit:
+    def __init__(self):
+        self.events = []
+
+    def write(self, event):
+        self.events.append(event)
+
+    def close(self):
+        pass
