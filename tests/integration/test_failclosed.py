@@ -28,8 +28,6 @@ FAULT_POLICY = POLICY_TEMPLATE.replace("destinations:\n", """destinations:
 def faulty(env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faulty")
     policy = write_policy(tmp / "policy.yaml", env.pki, env.tls, env.h2, env.plain, tmp / "a.jsonl", FAULT_POLICY)
-    text = policy.read_text().replace("  resolve:\n", "  resolve:\n    boom-connect.test: 127.0.0.1\n    boom-request.test: 127.0.0.1\n")
-    policy.write_text(text)
     # The CA must already cover the boom names: reuse `tollgate run`'s CA logic via the CLI.
     from tollgate.policy.loader import load_policy
     from tollgate.tls.ca import ensure_ca
