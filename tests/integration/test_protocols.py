@@ -11,7 +11,8 @@ import pytest
 import websockets.sync.client
 
 from tests.support.clients import curl
-from tests.support.proxy import BIN, REPO
+from tests.support.proxy import BIN, REPO, tollgate_run
+from tests.support.upstream import Upstream
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +109,35 @@ def test_socks_and_transparent_modes_are_refused_at_startup(env, tmp_path, mode)
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "Tollgate runs as a regular (explicit) proxy only" in done.stdout + done.stderr
+
+
+def test_upstream_goaway_is_a_clear_502_and_never_lost(pki, tmp_path):
+    # The upstream answers the first request with GOAWAY(last_stream_id=0): it processed
+    # nothing. The client gets a 502 for it (safe to retry); the next request succeeds on
+    # a new upstream connection, and the failure is audited.
+    cert, key = pki.issue(["ga.test"])
+    server = Upstream.start(cert=cert, key=key, http2=True, goaway_first=True)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"""version: 1
+clients: [{{name: ops, cidrs: [127.0.0.1/32]}}]
+destinations: [{{host: ga.test, ports: [{server.port}], clients: [ops], mode: intercept}}]
+network: {{allow_cidrs: [127.0.0.1/32], resolve: {{ga.test: 127.0.0.1}}}}
+upstream: {{extra_ca_files: [{pki.ca_cert_path}]}}
+""")
+    proxy = tollgate_run(tmp_path, policy).start()
+    ctx = ssl.create_default_context(cafile=str(proxy.root_ca))
+    try:
+        with httpx.Client(proxy=proxy.url, verify=ctx, http2=True) as client:
+            first = client.post(f"https://ga.test:{server.port}/first", content=b"payload")
+            second = client.post(f"https://ga.test:{server.port}/second", content=b"payload")
+        assert first.status_code == 502
+        assert "connection closed" in first.text
+        assert second.status_code == 200
+        assert server.goaways == 1
+        assert [q.path for q in server.requests] == ["/second"]
+        errors = [e for e in proxy.events() if e["event"]["action"] == "request-error"]
+        assert [e["event"]["reason"] for e in errors] == ["transport_error"]
+        assert errors[0]["message"] == "HTTP/2 connection closed"
+    finally:
+        proxy.stop()
+        server.stop()

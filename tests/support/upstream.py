@@ -47,11 +47,13 @@ class Upstream:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _live: set = field(default_factory=set)
     _stopped: bool = False
+    goaway_first: bool = False  # HTTP/2: refuse the first request of the first connection with GOAWAY
+    goaways: int = 0
 
     @classmethod
     def start(cls, *, host: str = "127.0.0.1", port: int = 0, cert: Path | None = None, key: Path | None = None,
               http2: bool = False, tls_versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None,
-              alpn: bool = True) -> "Upstream":
+              alpn: bool = True, goaway_first: bool = False) -> "Upstream":
         ctx = None
         if cert:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -63,6 +65,7 @@ class Upstream:
                 ctx.minimum_version, ctx.maximum_version = tls_versions
         sock = socket.create_server((host, port))
         server = cls(host, sock.getsockname()[1], sock, ctx)
+        server.goaway_first = goaway_first
         if ctx:
             ctx.sni_callback = server._on_sni
         threading.Thread(target=server._accept_loop, daemon=True).start()
@@ -176,6 +179,12 @@ class Upstream:
                 self._raw.append(data)
             for event in h2conn.receive_data(data):
                 if isinstance(event, h2.events.RequestReceived):
+                    if self.goaway_first and self.goaways == 0:
+                        # "I processed nothing": the client may safely retry on a new connection.
+                        self.goaways += 1
+                        h2conn.close_connection(last_stream_id=0)
+                        conn.sendall(h2conn.data_to_send())
+                        return
                     streams[event.stream_id] = (list(event.headers), bytearray())
                 elif isinstance(event, h2.events.DataReceived):
                     streams[event.stream_id][1].extend(event.data)

@@ -32,6 +32,7 @@ class Reason(str, enum.Enum):
     UPSTREAM_CERTIFICATE_INVALID = "upstream_certificate_invalid"
     UPSTREAM_PIN_MISMATCH = "upstream_pin_mismatch"
     UPSTREAM_TLS_FAILED = "upstream_tls_failed"
+    TRANSPORT_ERROR = "transport_error"
     INTERNAL_ERROR = "internal_error"
     POLICY_UNAVAILABLE = "policy_unavailable"
 
@@ -48,6 +49,7 @@ STATUS = {
     Reason.UPSTREAM_CERTIFICATE_INVALID: 502,
     Reason.UPSTREAM_PIN_MISMATCH: 502,
     Reason.UPSTREAM_TLS_FAILED: 502,
+    Reason.TRANSPORT_ERROR: 502,
     Reason.INTERNAL_ERROR: 503,
     Reason.POLICY_UNAVAILABLE: 503,
 }

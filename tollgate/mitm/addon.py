@@ -340,6 +340,20 @@ class Tollgate:
             # header: the upstream reads an empty body and the bytes desync the connection.
             headers["content-length"] = str(len(flow.request.raw_content))
 
+    @fail_closed("http")
+    def error(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy answered a protocol or connection error itself (HTML 400/502): audit it."""
+        if flow.error is None:
+            return
+        # Only the text before the first colon: details may quote raw request bytes.
+        kind = flow.error.msg.split(":", 1)[0][:120]
+        tunnel = self._tunnel(flow)
+        decision = Decision(Reason.TRANSPORT_ERROR, kind, rule=tunnel.decision.rule if tunnel else None,
+                            client=tunnel.decision.client if tunnel else None)
+        self._write(decision_event("request-error", decision, stage="transport", source=_peer(flow.client_conn),
+                                   host=tunnel.host if tunnel else flow.request.host,
+                                   port=tunnel.port if tunnel else flow.request.port, method=flow.request.method))
+
     # --- anything that is not HTTP ----------------------------------------------------
 
     @fail_closed("tcp")
