@@ -19,6 +19,8 @@ from tollgate.policy.model import IPAddress, NetworkSettings
 # Legacy IPv4 spellings (127.1, 0x7f000001, 0177.0.0.1, 2130706433) are made only of
 # numbers in decimal, octal or hex, separated by dots. Anything else is a name.
 _NUMERIC_V4 = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}$", re.IGNORECASE)
+# No real top-level domain is numeric: a name ending in a number is an IPv4 attempt (WHATWG URL).
+_NUMERIC_LAST_LABEL = re.compile(r"(^|\.)(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
 
 
 class AddressRefusal(str, enum.Enum):
@@ -66,6 +68,8 @@ def parse_ip_literal(host: str) -> IPAddress | None:
             raise ValueError(f"invalid IPv6 literal {host!r}") from None
         return ip6.ipv4_mapped or ip6  # [::ffff:127.0.0.1] is 127.0.0.1
     if not _NUMERIC_V4.match(text):
+        if _NUMERIC_LAST_LABEL.search(text):
+            raise ValueError(f"invalid IP literal {host!r}")
         return None
     try:
         return ipaddress.IPv4Address(socket.inet_aton(text))
