@@ -33,7 +33,9 @@ from tollgate.mitm.responses import error_response
 from tollgate.policy.hosts import normalize_host
 from tollgate.policy.loader import PolicyError, load_policy
 from tollgate.policy.model import ClientGroup, Destination, Policy
+from tollgate.tls.ca import CaError, check_proxy_ca
 from tollgate.tls.pins import CertFacts, chain_matches_pins
+from tollgate.tls.scope import intercept_scope
 from tollgate.tls.trust import TrustError, build_bundle
 
 logger = logging.getLogger("tollgate")
@@ -135,6 +137,10 @@ class Tollgate:
             policy = load_policy(path)
         except PolicyError as e:
             raise exceptions.OptionsError(f"policy {path} is invalid:\n{e}") from None
+        try:
+            check_proxy_ca(Path(ctx.options.confdir).expanduser(), intercept_scope(policy))
+        except CaError as e:
+            raise exceptions.OptionsError(str(e)) from None
         audit_path = ctx.options.tollgate_audit_path or policy.audit.path
         try:
             audit = AuditWriter(audit_path, policy.audit.rotate_bytes)

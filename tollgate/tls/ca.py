@@ -40,6 +40,9 @@ ROOT_CERT = "root-ca.pem"
 ROOT_KEY = "root-ca.key"
 INTERMEDIATE_CERT = "intermediate-ca.pem"
 MITMPROXY_CA = "mitmproxy-ca.pem"
+TRUST_BUNDLE = "trust-bundle.pem"  # every root clients should trust now (two during a rotation)
+NEXT_DIR = "next"  # a staged new root, published in the trust bundle before it is activated
+PREVIOUS_DIR = "previous"
 RENEW_BEFORE = datetime.timedelta(days=14)
 
 
@@ -94,10 +97,12 @@ def ensure_ca(ca_dir: Path, scope: NameScope, settings: CaSettings = CaSettings(
     return status
 
 
-def init_ca(ca_dir: Path, scope: NameScope, settings: CaSettings = CaSettings(), *, force: bool = False) -> CaStatus:
+def init_ca(ca_dir: Path, scope: NameScope, settings: CaSettings = CaSettings(), *, force: bool = False,
+            passphrase: bytes | None = None) -> CaStatus:
+    """A new root and intermediate. The root key is encrypted when a passphrase is given."""
     ca_dir = Path(ca_dir)
-    if (ca_dir / ROOT_KEY).exists() and not force:
-        raise CaError(f"{ca_dir / ROOT_KEY} already exists; use renew or rotate instead of init")
+    if ((ca_dir / ROOT_KEY).exists() or (ca_dir / MITMPROXY_CA).exists()) and not force:
+        raise CaError(f"a CA already exists in {ca_dir}; use renew-intermediate or rotate instead of init")
     ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(ca_dir, 0o700)
     key = _new_key(settings)
@@ -113,20 +118,25 @@ def init_ca(ca_dir: Path, scope: NameScope, settings: CaSettings = CaSettings(),
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(ca_dir / ROOT_KEY, _key_pem(key), 0o600)
+    _write(ca_dir / ROOT_KEY, _key_pem(key, passphrase), 0o600)
     _write(ca_dir / ROOT_CERT, root.public_bytes(serialization.Encoding.PEM), 0o644)
-    return renew_intermediate(ca_dir, scope, settings)
+    _write_trust_bundle(ca_dir)
+    return renew_intermediate(ca_dir, scope, settings, passphrase=passphrase)
 
 
-def renew_intermediate(ca_dir: Path, scope: NameScope, settings: CaSettings = CaSettings()) -> CaStatus:
+def renew_intermediate(ca_dir: Path, scope: NameScope, settings: CaSettings = CaSettings(), *,
+                       passphrase: bytes | None = None) -> CaStatus:
     """A new intermediate under the same root (clients keep trusting the root)."""
     ca_dir = Path(ca_dir)
     try:
-        root_key = serialization.load_pem_private_key((ca_dir / ROOT_KEY).read_bytes(), password=None)
+        check_key_permissions(ca_dir / ROOT_KEY)
+        root_key = serialization.load_pem_private_key((ca_dir / ROOT_KEY).read_bytes(), password=passphrase)
         root = x509.load_pem_x509_certificate((ca_dir / ROOT_CERT).read_bytes())
     except FileNotFoundError as e:
-        raise CaError(f"{e.filename} is missing: the root is needed to issue a new intermediate "
-                      "(bring the root key back, or start a new CA in an empty directory)") from None
+        raise CaError(f"{e.filename} is missing: the root key is needed to issue a new intermediate "
+                      "(bring it back from offline storage, then retry)") from None
+    except (TypeError, ValueError) as e:
+        raise CaError(f"cannot open {ca_dir / ROOT_KEY}: {e} (wrong or missing passphrase?)") from None
     key = _new_key(settings)
     now = datetime.datetime.now(datetime.timezone.utc)
     not_after = min(now + datetime.timedelta(days=settings.intermediate_days), root.not_valid_after_utc)
@@ -167,7 +177,8 @@ def load_status(ca_dir: Path) -> CaStatus:
     except x509.ExtensionNotFound:
         permitted = ()
     public = intermediate.public_key()
-    key_type = f"ec-{public.curve.name}" if isinstance(public, ec.EllipticCurvePublicKey) else f"rsa-{public.key_size}"
+    key_type = ({"secp256r1": "ec-p256"}.get(public.curve.name, f"ec-{public.curve.name}")
+                if isinstance(public, ec.EllipticCurvePublicKey) else f"rsa-{public.key_size}")
     return CaStatus(
         root_subject=root.subject.rfc4514_string(), root_not_after=root.not_valid_after_utc,
         root_sha256=root.fingerprint(hashes.SHA256()).hex(),
@@ -184,6 +195,21 @@ def covers(status: CaStatus, scope: NameScope) -> list[str]:
         return list(scope.dns)  # an unconstrained intermediate is never kept: re-issue it
     return [d for d in _permitted_dns(scope)
             if not any(d == p or d.endswith("." + p) for p in status.permitted_dns)]
+
+
+def check_proxy_ca(ca_dir: Path, scope: NameScope) -> CaStatus:
+    """The checks the proxy needs before it signs anything: a Tollgate CA that covers the policy."""
+    ca_dir = Path(ca_dir)
+    if not (ca_dir / ROOT_CERT).exists() or not (ca_dir / MITMPROXY_CA).exists():
+        raise CaError(f"no Tollgate CA in {ca_dir}: run `tollgate ca init --ca-dir {ca_dir} --policy POLICY` "
+                      "(or `tollgate run --ca-dir` once)")
+    check_key_permissions(ca_dir / MITMPROXY_CA)
+    status = load_status(ca_dir)
+    missing = covers(status, scope)
+    if missing:
+        raise CaError(f"the CA in {ca_dir} may not sign {', '.join(missing)}: "
+                      f"run `tollgate ca renew-intermediate --ca-dir {ca_dir} --policy POLICY`")
+    return status
 
 
 def check_key_permissions(path: Path) -> None:
@@ -215,9 +241,78 @@ def _ca_key_usage() -> x509.KeyUsage:
                          encipher_only=False, decipher_only=False)
 
 
-def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
+def _key_pem(key, passphrase: bytes | None = None) -> bytes:
+    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                  else serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def _write_trust_bundle(ca_dir: Path) -> None:
+    """trust-bundle.pem: the current root, plus the staged next root during a rotation."""
+    parts = [(ca_dir / ROOT_CERT).read_bytes()]
+    if (ca_dir / NEXT_DIR / ROOT_CERT).exists():
+        parts.append((ca_dir / NEXT_DIR / ROOT_CERT).read_bytes())
+    _write(ca_dir / TRUST_BUNDLE, b"".join(parts), 0o644)
+
+
+def stage_rotation(ca_dir: Path, scope: NameScope, settings: CaSettings = CaSettings(),
+                   passphrase: bytes | None = None) -> CaStatus:
+    """Step 1 of a root rotation: create the next root and intermediate beside the current
+    ones and publish both roots in trust-bundle.pem. The proxy keeps signing with the current
+    intermediate; install the bundle on every client before activating."""
+    ca_dir = Path(ca_dir)
+    load_status(ca_dir)
+    if (ca_dir / NEXT_DIR).exists():
+        raise CaError(f"a rotation is already staged in {ca_dir / NEXT_DIR}; activate it or remove that directory")
+    status = init_ca(ca_dir / NEXT_DIR, scope, settings, passphrase=passphrase)
+    _write_trust_bundle(ca_dir)
+    return status
+
+
+def activate_rotation(ca_dir: Path) -> CaStatus:
+    """Step 2: the proxy signs under the next root. The old root stays in trust-bundle.pem's
+    history as previous/ and clients trusting the bundle keep working throughout."""
+    ca_dir = Path(ca_dir)
+    nxt = ca_dir / NEXT_DIR
+    if not (nxt / MITMPROXY_CA).exists():
+        raise CaError(f"no staged rotation in {nxt}; run `tollgate ca rotate` first")
+    previous = ca_dir / PREVIOUS_DIR
+    previous.mkdir(mode=0o700, exist_ok=True)
+    for name in (ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, MITMPROXY_CA):
+        if (ca_dir / name).exists():
+            os.replace(ca_dir / name, previous / name)
+        if (nxt / name).exists():
+            os.replace(nxt / name, ca_dir / name)
+    for leftover in nxt.iterdir():
+        leftover.unlink()
+    nxt.rmdir()
+    # Keep trusting the previous root until `tollgate ca rotate --finish`.
+    _write(ca_dir / TRUST_BUNDLE, (ca_dir / ROOT_CERT).read_bytes() + (previous / ROOT_CERT).read_bytes(), 0o644)
+    return load_status(ca_dir)
+
+
+def finish_rotation(ca_dir: Path) -> None:
+    """Step 3: drop the previous root from the trust bundle (and its files)."""
+    ca_dir = Path(ca_dir)
+    previous = ca_dir / PREVIOUS_DIR
+    if previous.exists():
+        for f in previous.iterdir():
+            f.unlink()
+        previous.rmdir()
+    _write_trust_bundle(ca_dir)
+
+
+def export_root(ca_dir: Path, fmt: Literal["pem", "der", "p12"]) -> bytes:
+    """The root certificate for distribution: PEM, DER, or a PKCS#12 truststore (no key)."""
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    cert = x509.load_pem_x509_certificate(root_cert_path(ca_dir).read_bytes())
+    if fmt == "pem":
+        return cert.public_bytes(serialization.Encoding.PEM)
+    if fmt == "der":
+        return cert.public_bytes(serialization.Encoding.DER)
+    return pkcs12.serialize_key_and_certificates(b"tollgate-root-ca", None, None, [cert],
+                                                 serialization.NoEncryption())
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
