@@ -204,6 +204,18 @@ def test_export_formats(tmp_path):
             assert key is None and [c for c in [cert, *extra] if c] == [root]  # a truststore: no private key
 
 
+def test_export_java_truststore_with_keytool(tmp_path):
+    ca_dir = tmp_path / "ca"
+    ca.init_ca(ca_dir, SCOPE)
+    out = tmp_path / "truststore.jks"
+    done = tollgate_ca("export", "--ca-dir", str(ca_dir), "--format", "jks", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    listing = subprocess.run(["keytool", "-list", "-v", "-keystore", str(out), "-storepass", "changeit"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "tollgate-root-ca" in listing and "trustedCertEntry" in listing
+    assert "Tollgate local CA root" in listing
+
+
 def test_passphrase_protected_root(tmp_path, env):
     ca_dir = tmp_path / "ca"
     secret = {"TG_CA_PASS": "correct horse battery staple"}
