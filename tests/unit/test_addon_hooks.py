@@ -6,7 +6,27 @@ import asyncio
 
 from mitmproxy.test import taddons, tflow, tutils
 
-from tollgate.mitm.addon import Tollgate
+from pathlib import Path
+
+from tollgate.dlp.engine import Engine
+from tollgate.gates.decision import Decision, Reason
+from tollgate.mitm.addon import Approval, ConnState, Tollgate
+from tollgate.policy.loader import load_policy
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "policies" / "example.yaml"
+
+
+def approved_addon(flow) -> Tollgate:
+    """An addon with the example policy, as if the flow's connection had been allowed."""
+    addon = Tollgate()
+    addon.policy = load_policy(EXAMPLE)
+    addon.engine = Engine.for_policy(addon.policy.dlp)
+    addon.hmac_key = b"k" * 32
+    addon.audit = _ListAudit()
+    rule = addon.policy.destinations[0]
+    addon.conns[flow.client_conn] = ConnState(tunnel=Approval("api.stripe.com", 443, "192.0.2.1",
+                                                              Decision(Reason.ALLOWED, "allowed", rule=rule)))
+    return addon
 
 
 def h2_post(headers: tuple = ()) -> object:
@@ -18,9 +38,9 @@ def h2_post(headers: tuple = ()) -> object:
 
 
 def test_http2_body_without_length_gets_content_length():
-    addon = Tollgate()
+    flow = h2_post()
+    addon = approved_addon(flow)
     with taddons.context(addon):
-        flow = h2_post()
         assert "content-length" not in flow.request.headers
         asyncio.run(addon.request(flow))
     assert flow.response is None

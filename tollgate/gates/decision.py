@@ -33,6 +33,9 @@ class Reason(str, enum.Enum):
     UPSTREAM_PIN_MISMATCH = "upstream_pin_mismatch"
     UPSTREAM_TLS_FAILED = "upstream_tls_failed"
     TRANSPORT_ERROR = "transport_error"
+    DLP_BLOCKED = "dlp_blocked"
+    UNINSPECTABLE = "uninspectable"
+    BODY_TOO_LARGE = "body_too_large"
     INTERNAL_ERROR = "internal_error"
     POLICY_UNAVAILABLE = "policy_unavailable"
 
@@ -50,6 +53,7 @@ STATUS = {
     Reason.UPSTREAM_PIN_MISMATCH: 502,
     Reason.UPSTREAM_TLS_FAILED: 502,
     Reason.TRANSPORT_ERROR: 502,
+    Reason.BODY_TOO_LARGE: 413,
     Reason.INTERNAL_ERROR: 503,
     Reason.POLICY_UNAVAILABLE: 503,
 }

@@ -8,6 +8,7 @@ and is audited, because mitmproxy itself would log it and forward the flow unsca
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import ipaddress
@@ -22,6 +23,9 @@ from mitmproxy.proxy import server_hooks
 from OpenSSL import SSL
 
 from tollgate.audit.events import decision_event, lifecycle_event, new_incident_id
+from tollgate.audit.fingerprint import load_or_create_key
+from tollgate.dlp.engine import Engine
+from tollgate.dlp.inspect import Outcome, RequestFacts, inspect_message, inspect_request
 from tollgate.audit.writer import AuditError, AuditWriter
 from tollgate.gates.address import ResolveError, choose_address, parse_ip_literal, resolve
 from tollgate.gates.client import identify_client
@@ -41,6 +45,7 @@ from tollgate.tls.trust import TrustError, build_bundle
 logger = logging.getLogger("tollgate")
 
 TLS_VERSIONS = {"1.2": "TLS1_2", "1.3": "TLS1_3"}
+DLP_TIMEOUT = 30.0  # seconds for one request's scan; longer is uninspectable, not a pass
 
 
 @dataclass
@@ -110,6 +115,8 @@ class Tollgate:
         self.audit: AuditWriter | None = None
         self.conns: weakref.WeakKeyDictionary[connection.Client, ConnState] = weakref.WeakKeyDictionary()
         self.own_endpoints: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]] = []
+        self.engine: Engine | None = None
+        self.hmac_key: bytes = b""
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -150,11 +157,20 @@ class Tollgate:
             bundle = build_bundle(policy.upstream.extra_ca_files, Path(ctx.options.confdir).expanduser())
         except TrustError as e:
             raise exceptions.OptionsError(str(e)) from None
+        try:
+            hmac_key = load_or_create_key(Path(ctx.options.confdir).expanduser())
+        except OSError as e:
+            raise exceptions.OptionsError(f"audit fingerprint key: {e}") from None
+        engine = Engine.for_policy(policy.dlp)
         ctx.options.update(
             ssl_verify_upstream_trusted_ca=str(bundle),
             tls_version_server_min=TLS_VERSIONS[policy.upstream.min_tls_version],
+            # A hard cap on what mitmproxy buffers; Content-Length above the policy's limit is
+            # refused earlier, in requestheaders, with a JSON answer.
+            body_size_limit=str(policy.dlp.max_body_bytes + 1024 * 1024),
         )
         old_audit, self.policy, self.audit = self.audit, policy, audit
+        self.engine, self.hmac_key = engine, hmac_key
         if old_audit:
             old_audit.close()
         self._write(lifecycle_event("policy-loaded", f"policy {path} loaded", policy={"path": path, "sha256": policy.sha256}))
@@ -319,6 +335,7 @@ class Tollgate:
                 self._deny(flow, decision, "request-denied", "request", tunnel.host, tunnel.port)
                 return
             self._approve(flow, tunnel)
+            self._check_declared_size(flow, tunnel)
             return
         # A plain-HTTP proxy request: the absolute URL names the destination.
         refusal = check_authorities(flow.request.host, flow.request.port, hosts, None)
@@ -329,9 +346,10 @@ class Tollgate:
         if approval:
             self._state(flow.client_conn).plain[(approval.host, approval.port)] = approval
             self._approve(flow, approval)
+            self._check_declared_size(flow, approval)
 
     @fail_closed("http")
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
         # Positive approval: a request that no gate approved is never forwarded.
@@ -345,6 +363,7 @@ class Tollgate:
             # mitmproxy 11.0.2 forwards such an HTTP/2 body to an HTTP/1.1 upstream with neither
             # header: the upstream reads an empty body and the bytes desync the connection.
             headers["content-length"] = str(len(flow.request.raw_content))
+        await self._inspect(flow)
 
     @fail_closed("http")
     def error(self, flow: http.HTTPFlow) -> None:
@@ -359,6 +378,110 @@ class Tollgate:
         self._write(decision_event("request-error", decision, stage="transport", source=_peer(flow.client_conn),
                                    host=tunnel.host if tunnel else flow.request.host,
                                    port=tunnel.port if tunnel else flow.request.port, method=flow.request.method))
+
+    # --- stage 6: DLP -----------------------------------------------------------------
+
+    def _check_declared_size(self, flow: http.HTTPFlow, approval: Approval) -> None:
+        """A declared body over the limit is answered before it is read (block policy only)."""
+        declared = flow.request.headers.get("content-length", "")
+        policy = self.policy
+        if policy and declared.isdigit() and int(declared) > policy.dlp.max_body_bytes \
+                and policy.dlp.uninspectable == "block":
+            self._deny(flow, Decision(Reason.BODY_TOO_LARGE, f"the body is larger than the {policy.dlp.max_body_bytes}-byte "
+                                      "limit (dlp.max_body_bytes) and cannot be inspected",
+                                      rule=approval.decision.rule, client=approval.decision.client),
+                       "request-uninspectable", "dlp", approval.host, approval.port)
+
+    async def _inspect(self, flow: http.HTTPFlow) -> None:
+        approval = self._approval_of(flow)
+        policy, engine = self.policy, self.engine
+        if approval is None or policy is None or engine is None:
+            raise RuntimeError("DLP without an approved destination or a loaded policy")
+        facts = RequestFacts(
+            path=flow.request.path, headers=list(flow.request.headers.items(multi=True)),
+            body=flow.request.raw_content or b"", content_encoding=flow.request.headers.get("content-encoding", ""),
+            content_type=flow.request.headers.get("content-type", ""), host=approval.host,
+            destination=approval.decision.rule)
+        try:
+            outcome = await asyncio.wait_for(
+                asyncio.to_thread(inspect_request, engine, policy.dlp, self.hmac_key, facts), DLP_TIMEOUT)
+        except asyncio.TimeoutError:
+            outcome = Outcome("uninspectable", uninspectable="scan_timeout", message="the scan took too long")
+        self._apply_outcome(flow, approval, outcome)
+
+    def _apply_outcome(self, flow: http.HTTPFlow, approval: Approval, outcome: Outcome) -> None:
+        policy = self.policy
+        rule, client = approval.decision.rule, approval.decision.client
+        extra: dict[str, Any] = {"dlp": {"findings": outcome.findings}} if outcome.findings else {}
+        if outcome.action == "uninspectable":
+            extra = {"dlp": {"uninspectable": outcome.uninspectable}}
+            decision = Decision(Reason.BODY_TOO_LARGE if outcome.uninspectable == "too_large" else Reason.UNINSPECTABLE,
+                                f"the request cannot be inspected: {outcome.message}", rule=rule, client=client)
+            if policy.dlp.uninspectable == "block":
+                self._deny(flow, decision, "request-uninspectable", "dlp", approval.host, approval.port, extra=extra)
+            else:
+                self._audit_flow(flow, approval, "request-uninspectable", decision, extra)
+            return
+        detectors = outcome.decision.detectors if outcome.decision else []
+        if outcome.action == "block":
+            decision = Decision(Reason.DLP_BLOCKED, "the request carries data that may not leave: " + ", ".join(detectors),
+                                rule=rule, client=client)
+            self._deny(flow, decision, "request-blocked", "dlp", approval.host, approval.port, extra=extra,
+                       detectors=detectors)
+        elif outcome.action == "redact":
+            flow.request.path = outcome.path
+            flow.request.headers = http.Headers([(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                                                 for k, v in outcome.headers])
+            flow.request.content = outcome.body  # re-encodes with Content-Encoding, fixes Content-Length
+            self._audit_flow(flow, approval, "request-redacted",
+                             Decision(Reason.ALLOWED, "forwarded with " + ", ".join(detectors) + " redacted", rule=rule,
+                                      client=client), extra)
+        elif outcome.action == "report":
+            self._audit_flow(flow, approval, "request-reported",
+                             Decision(Reason.ALLOWED, "forwarded; findings reported: " + ", ".join(detectors), rule=rule,
+                                      client=client), extra)
+
+    @fail_closed("ws")
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            return
+        approval = self._approval_of(flow)
+        if approval is None or self.engine is None:
+            raise RuntimeError("WebSocket message without an approved destination")
+        text = message.text if message.is_text else message.content.decode("latin-1")
+        outcome, redacted = await asyncio.to_thread(inspect_message, self.engine, self.policy.dlp, self.hmac_key, text,
+                                                    approval.host, approval.decision.rule)
+        extra = {"dlp": {"findings": outcome.findings}, "websocket": True}
+        detectors = outcome.decision.detectors if outcome.decision else []
+        rule, client = approval.decision.rule, approval.decision.client
+        if outcome.action in ("block", "uninspectable") or (outcome.action == "redact" and not message.is_text):
+            message.drop()  # a WebSocket cannot be answered with a 403: the message is not forwarded
+            self._audit_flow(flow, approval, "message-blocked", Decision(
+                Reason.DLP_BLOCKED, "WebSocket message dropped: " + ", ".join(detectors or ["uninspectable"]),
+                rule=rule, client=client), extra, incident=new_incident_id())
+        elif outcome.action == "redact":
+            message.text = redacted
+            self._audit_flow(flow, approval, "message-redacted", Decision(
+                Reason.ALLOWED, "WebSocket message forwarded with " + ", ".join(detectors) + " redacted",
+                rule=rule, client=client), extra)
+        elif outcome.action == "report":
+            self._audit_flow(flow, approval, "message-reported", Decision(
+                Reason.ALLOWED, "WebSocket message forwarded; findings reported", rule=rule, client=client), extra)
+
+    def _approval_of(self, flow: http.HTTPFlow) -> Approval | None:
+        state = self.conns.get(flow.client_conn)
+        if state is None:
+            return None
+        if state.tunnel is not None:
+            return state.tunnel
+        return state.approval_for((flow.request.host, flow.request.port))
+
+    def _audit_flow(self, flow: http.HTTPFlow, approval: Approval, action: str, decision: Decision,
+                    extra: dict[str, Any], incident: str | None = None) -> None:
+        self._write(decision_event(action, decision, stage="dlp", source=_peer(flow.client_conn), host=approval.host,
+                                   port=approval.port, ip=approval.ip, url=_request_url(flow, approval),
+                                   method=flow.request.method, incident=incident, extra=extra))
 
     # --- anything that is not HTTP ----------------------------------------------------
 
@@ -431,9 +554,10 @@ class Tollgate:
         return state.tunnel if state else None
 
     def _deny(self, flow: http.HTTPFlow, decision: Decision, action: str, stage: str,
-              host: str | None, port: int | None, extra: dict[str, Any] | None = None) -> None:
+              host: str | None, port: int | None, extra: dict[str, Any] | None = None,
+              detectors: list[str] | None = None) -> None:
         incident = new_incident_id()
-        flow.response = error_response(decision, incident)
+        flow.response = error_response(decision, incident, detectors)
         flow.metadata["tollgate"] = {"approved": False, "reason": decision.reason.value, "incident": incident}
         self._write(decision_event(action, decision, stage=stage, source=_peer(flow.client_conn),
                                    user=_verified_user(flow), host=host, port=port, incident=incident,
@@ -456,6 +580,9 @@ class Tollgate:
             elif kind == "tls":
                 client = data.context.client
                 self._state(client).tls_refused = True
+            elif kind == "ws":
+                data.websocket.messages[-1].drop()
+                client = data.client_conn
             elif kind == "tcp":
                 if data.messages:
                     data.messages[-1].content = b""

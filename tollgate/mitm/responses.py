@@ -8,10 +8,11 @@ from mitmproxy import http
 
 from tollgate.gates.decision import Decision
 
-ERROR_NAMES = {400: "bad_request", 403: "forbidden", 421: "misdirected_request", 502: "bad_gateway", 503: "unavailable"}
+ERROR_NAMES = {400: "bad_request", 403: "forbidden", 413: "payload_too_large", 421: "misdirected_request",
+               502: "bad_gateway", 503: "unavailable"}
 
 
-def error_response(decision: Decision, incident: str) -> http.Response:
+def error_response(decision: Decision, incident: str, detectors: list[str] | None = None) -> http.Response:
     status = decision.status
     body = {
         "error": ERROR_NAMES.get(status, "refused"),
@@ -19,6 +20,8 @@ def error_response(decision: Decision, incident: str) -> http.Response:
         "message": decision.message,
         "incident": incident,
     }
+    if detectors:
+        body["detectors"] = detectors  # detector ids only: never the matched value
     return http.Response.make(
         status,
         json.dumps(body).encode() + b"\n",

@@ -1,0 +1,324 @@
+"""What a request carries, as text to scan: decode the transport, parse the structure,
+peel encoded layers. Pure: no mitmproxy.
+
+Each piece of text is a ``Slot`` that knows where it came from and, where the proxy can
+rewrite it in place, how to put a redacted value back. Anything that cannot be decoded
+raises ``Uninspectable``: the caller blocks (or reports, if the policy says so); it never
+forwards what it could not read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import io
+import json
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import parse_qsl, unquote, urlencode
+
+import brotli
+import zstandard
+
+MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
+MAX_LAYER_DEPTH = 3  # base64/hex/percent/entities inside each other
+MIN_LAYER_LEN = 16
+
+
+class Uninspectable(Exception):
+    """The content cannot be decoded safely; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Slot:
+    where: str  # e.g. "body", "body:$.user.card", "query:token", "header:authorization", "path"
+    text: str
+    layers: tuple[str, ...] = ()  # encodings peeled to get here, outermost first
+    replace: Callable[[str], None] | None = None  # writes a new value back (None: not rewritable)
+
+
+@dataclass
+class RequestContent:
+    path: str
+    query: list[tuple[str, str]]
+    headers: list[tuple[str, str]]
+    body_kind: str  # "none", "json", "form", "text", "multipart", "binary"
+    body: Any  # parsed JSON, a list of pairs, a str, or bytes
+    charset: str = "utf-8"
+    slots: list[Slot] = field(default_factory=list)
+
+    def body_bytes(self) -> bytes:
+        """The (possibly redacted) body, serialised in its original structure."""
+        if self.body_kind == "json":
+            return json.dumps(self.body, ensure_ascii=False, separators=(",", ":")).encode(self.charset)
+        if self.body_kind == "form":
+            return urlencode(self.body).encode("ascii")
+        if self.body_kind == "text":
+            return self.body.encode(self.charset)
+        return self.body or b""
+
+    def query_string(self) -> str:
+        return urlencode(self.query)
+
+
+# --- transport -------------------------------------------------------------------------
+
+def decode_transport(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """Undo Content-Encoding (stacked, any order), capped in size and ratio."""
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
+    data = raw
+    for coding in reversed(codings):
+        if len(data) > limit:
+            raise Uninspectable("too_large", "the body is larger than dlp.max_body_bytes")
+        cap = min(limit, max(len(data) * MAX_RATIO, 65536))
+        if coding in ("gzip", "x-gzip"):
+            data = _zlib(data, 16 + zlib.MAX_WBITS, cap)
+        elif coding == "deflate":
+            try:
+                data = _zlib(data, zlib.MAX_WBITS, cap)
+            except Uninspectable:
+                data = _zlib(data, -zlib.MAX_WBITS, cap)  # raw deflate, as some clients send it
+        elif coding == "br":
+            data = _brotli(data, cap)
+        elif coding == "zstd":
+            data = _zstd(data, cap)
+        else:
+            raise Uninspectable("unknown_encoding", f"Content-Encoding {coding!r} cannot be decoded")
+    if len(data) > limit:
+        raise Uninspectable("too_large", "the body is larger than dlp.max_body_bytes")
+    return data
+
+
+def _bomb(cap: int) -> Uninspectable:
+    return Uninspectable("decompression_bomb", f"the body decompresses to more than {cap} bytes")
+
+
+def _zlib(data: bytes, wbits: int, cap: int) -> bytes:
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(data, cap + 1)
+    except zlib.error as e:
+        raise Uninspectable("corrupt_encoding", f"the compressed body is corrupt: {e}") from None
+    if len(out) > cap:
+        raise _bomb(cap)
+    if not d.eof:
+        raise Uninspectable("corrupt_encoding", "the compressed body is truncated")
+    return out
+
+
+def _brotli(data: bytes, cap: int) -> bytes:
+    # brotli 1.1 (pinned by mitmproxy 11.0) has no output limit: feed small steps and stop early.
+    d = brotli.Decompressor()
+    out = bytearray()
+    try:
+        for i in range(0, len(data), 32):
+            out += d.process(data[i:i + 32])
+            if len(out) > cap:
+                raise _bomb(cap)
+    except brotli.error as e:
+        raise Uninspectable("corrupt_encoding", f"the compressed body is corrupt: {e}") from None
+    if not d.is_finished():
+        raise Uninspectable("corrupt_encoding", "the compressed body is truncated")
+    return bytes(out)
+
+
+def _zstd(data: bytes, cap: int) -> bytes:
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+            out = reader.read(cap + 1)
+    except zstandard.ZstdError as e:
+        raise Uninspectable("corrupt_encoding", f"the compressed body is corrupt: {e}") from None
+    if len(out) > cap:
+        raise _bomb(cap)
+    return out
+
+
+def decode_text(data: bytes, charset: str) -> str:
+    try:
+        return data.decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        raise Uninspectable("undecodable_text", f"the body is not valid {charset} text") from None
+
+
+# --- structure --------------------------------------------------------------------------
+
+_CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
+
+
+def parse_request(path: str, headers: list[tuple[str, str]], body: bytes, content_type: str) -> RequestContent:
+    """Split a request (body already transport-decoded) into slots to scan."""
+    raw_path, _, raw_query = path.partition("?")
+    charset_match = _CHARSET.search(content_type or "")
+    charset = charset_match.group(1).lower() if charset_match else "utf-8"
+    media = (content_type or "").split(";")[0].strip().lower()
+    content = RequestContent(raw_path, parse_qsl(raw_query, keep_blank_values=True), list(headers), "none", None, charset)
+
+    content.slots.append(Slot("path", unquote(raw_path)))
+    for i, (name, value) in enumerate(content.query):
+        content.slots.append(Slot(f"query:{name}", f"{name}={value}", replace=_query_setter(content, i, name)))
+    for i, (name, value) in enumerate(headers):
+        if name.lower() in ("host", "content-length", "content-type", "content-encoding", "transfer-encoding"):
+            continue
+        content.slots.append(Slot(f"header:{name.lower()}", f"{name}: {value}", replace=_header_setter(content, i, name)))
+
+    if not body:
+        return content
+    if media == "multipart/form-data":
+        content.body_kind, content.body = "multipart", body
+        content.slots.extend(_multipart_slots(body, content_type))
+        return content
+    if media.endswith("json") or media.startswith("application/") and body[:1] in (b"{", b"["):
+        text = decode_text(body, charset)
+        try:
+            content.body_kind, content.body = "json", json.loads(text)
+        except ValueError:
+            content.body_kind, content.body = "text", text
+    elif media == "application/x-www-form-urlencoded":
+        text = decode_text(body, charset)
+        content.body_kind, content.body = "form", parse_qsl(text, keep_blank_values=True)
+    elif media.startswith("text/") or media in ("", "application/xml", "application/javascript") or _is_text(body):
+        content.body_kind, content.body = "text", decode_text(body, charset)
+    else:
+        content.body_kind, content.body = "binary", body
+    content.slots.extend(_body_slots(content))
+    return content
+
+
+def _is_text(body: bytes) -> bool:
+    try:
+        body[:4096].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _query_setter(content: RequestContent, i: int, name: str) -> Callable[[str], None]:
+    def set_value(text: str) -> None:
+        content.query[i] = (name, text.split("=", 1)[1] if "=" in text else "")
+    return set_value
+
+
+def _header_setter(content: RequestContent, i: int, name: str) -> Callable[[str], None]:
+    def set_value(text: str) -> None:
+        content.headers[i] = (name, text.split(": ", 1)[1] if ": " in text else "")
+    return set_value
+
+
+def _body_slots(content: RequestContent) -> list[Slot]:
+    if content.body_kind == "text":
+        def set_text(text: str) -> None:
+            content.body = text
+        return [Slot("body", content.body, replace=set_text)]
+    if content.body_kind == "form":
+        slots = []
+        for i, (name, value) in enumerate(content.body):
+            def set_pair(text: str, i: int = i, name: str = name) -> None:
+                content.body[i] = (name, text.split("=", 1)[1] if "=" in text else "")
+            slots.append(Slot(f"body:{name}", f"{name}={value}", replace=set_pair))
+        return slots
+    if content.body_kind == "json":
+        return list(_json_slots(content.body, "$", None))
+    # Binary: scan what looks like text inside it, but never rewrite it.
+    return [Slot("body", content.body.decode("latin-1"))]
+
+
+def _json_slots(node: Any, path: str, setter: Callable[[Any], None] | None):
+    if isinstance(node, dict):
+        for key in list(node):
+            yield Slot(f"body:{path}.{key}(key)", str(key))
+            def set_value(v: Any, key: Any = key) -> None:
+                node[key] = v
+            yield from _json_slots(node[key], f"{path}.{key}", set_value)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            def set_item(v: Any, i: int = i) -> None:
+                node[i] = v
+            yield from _json_slots(item, f"{path}[{i}]", set_item)
+    elif isinstance(node, str):
+        yield Slot(f"body:{path}", node, replace=setter)
+    elif node is not None and not isinstance(node, bool):
+        yield Slot(f"body:{path}", str(node))  # numbers: a card or SSN sent as a JSON number
+
+
+_BOUNDARY = re.compile(r"boundary=\"?([^\";]+)\"?", re.IGNORECASE)
+
+
+def _multipart_slots(body: bytes, content_type: str) -> list[Slot]:
+    """Every part: its headers (filename included) and its body, base64 parts decoded.
+
+    Our own parser, because mitmproxy's drops line breaks and skips some parts.
+    """
+    match = _BOUNDARY.search(content_type)
+    if not match:
+        raise Uninspectable("malformed_multipart", "multipart body without a boundary")
+    delimiter = b"--" + match.group(1).encode("latin-1")
+    slots = []
+    for i, part in enumerate(body.split(delimiter)[1:]):
+        if part.startswith(b"--"):
+            break
+        head, _, payload = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        payload = payload.removesuffix(b"\r\n")
+        head_text = head.decode("utf-8", "replace")
+        slots.append(Slot(f"body:part[{i}]:headers", head_text))
+        if re.search(r"content-transfer-encoding:\s*base64", head_text, re.IGNORECASE):
+            try:
+                payload = base64.b64decode(payload, validate=False)
+            except (binascii.Error, ValueError):
+                raise Uninspectable("malformed_multipart", f"part {i} is not valid base64") from None
+            slots.append(Slot(f"body:part[{i}]", payload.decode("utf-8", "replace"), layers=("base64",)))
+        else:
+            slots.append(Slot(f"body:part[{i}]", payload.decode("utf-8", "replace")))
+    return slots
+
+
+# --- encoded layers ---------------------------------------------------------------------
+
+_B64 = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2}[:\s]?){16,}")
+_PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
+_ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
+
+
+def peel_layers(slot: Slot, depth: int = 0) -> list[Slot]:
+    """Decoded views of encoded text inside a slot (never rewritable: a hit there blocks)."""
+    if depth >= MAX_LAYER_DEPTH:
+        return []
+    found: list[Slot] = []
+    text = slot.text
+    if _PERCENT.search(text):
+        found.append(Slot(slot.where, unquote(text), slot.layers + ("percent",)))
+    if _ENTITY.search(text):
+        found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
+    for m in _B64.finditer(text):
+        decoded = _b64(m.group())
+        if decoded:
+            found.append(Slot(slot.where, decoded, slot.layers + ("base64",)))
+    for m in _HEX.finditer(text):
+        try:
+            decoded = bytes.fromhex(re.sub(r"[:\s]", "", m.group())).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if decoded.isprintable():
+            found.append(Slot(slot.where, decoded, slot.layers + ("hex",)))
+    deeper = [d for f in found for d in peel_layers(f, depth + 1)]
+    return found + deeper
+
+
+def _b64(token: str) -> str | None:
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_" if ("-" in token or "_" in token) else None)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
+    return text if text and printable / len(text) > 0.95 else None

@@ -1,0 +1,79 @@
+"""The scanning engine: prefilter, match, validate. Pure; no mitmproxy, no policy actions.
+
+Every pattern runs with a timeout so that no input (or custom pattern) can stall the proxy;
+a timeout becomes a ``scan_incomplete`` finding, never a silent pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import regex
+
+from tollgate.dlp.detectors import BUILTIN, DIGITS, Detector, compile_custom
+from tollgate.dlp.normalize import detection_view
+from tollgate.policy.model import DlpSettings
+
+PATTERN_TIMEOUT = 0.5  # seconds per detector per text
+_DIGIT_RUN = regex.compile(r"\d(?:[ -]?\d){5}")
+# Catch-all detectors give way to a specific one on the same characters.
+_CATCH_ALL = frozenset({"generic_secret", "email"})
+
+
+@dataclass(frozen=True)
+class Match:
+    detector: str
+    start: int  # in the original text
+    end: int
+    value: str  # the matched value, as it appears in the detection view (never logged raw)
+    placeholder: bool = False
+
+
+class ScanIncomplete(Exception):
+    """A detector timed out: the caller treats the content as uninspectable."""
+
+    def __init__(self, detector: str):
+        super().__init__(f"detector {detector} timed out")
+        self.detector = detector
+
+
+class Engine:
+    def __init__(self, detectors: tuple[Detector, ...]):
+        self.detectors = detectors
+
+    @classmethod
+    def for_policy(cls, dlp: DlpSettings) -> "Engine":
+        return cls(BUILTIN + tuple(compile_custom(c) for c in dlp.custom))
+
+    def scan(self, text: str) -> list[Match]:
+        view = detection_view(text)
+        lowered = view.text.lower()
+        has_digits = _DIGIT_RUN.search(view.text) is not None
+        matches: list[Match] = []
+        for detector in self.detectors:
+            if detector.keywords and not any(
+                    has_digits if k == DIGITS else k in lowered for k in detector.keywords):
+                continue
+            try:
+                found = detector.pattern.finditer(view.text, timeout=PATTERN_TIMEOUT)
+                for m in found:
+                    matches.extend(self._confirm(detector, m, view, lowered))
+            except TimeoutError:
+                raise ScanIncomplete(detector.id) from None
+        specific = [m for m in matches if m.detector not in _CATCH_ALL]
+        return [m for m in matches if m.detector not in _CATCH_ALL
+                or not any(o.start < m.end and m.start < o.end for o in specific)]
+
+    def _confirm(self, detector: Detector, m: regex.Match, view, lowered: str) -> list[Match]:
+        group = "v" if "v" in detector.pattern.groupindex else 0
+        value = m.group(group)
+        start, end = m.span(group)
+        if detector.context:
+            window = lowered[max(0, start - 64):start]
+            if not any(word in window for word in detector.context):
+                return []
+        if detector.validate and not detector.validate(value):
+            return []
+        placeholder = bool(detector.placeholder and detector.placeholder(value))
+        o_start, o_end = view.to_original(start, end)
+        return [Match(detector.id, o_start, o_end, value, placeholder)]
