@@ -25,7 +25,6 @@ import zstandard
 
 MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
 MAX_LAYER_DEPTH = 3  # base64/hex/percent/entities inside each other
-MIN_LAYER_LEN = 16
 
 
 class Uninspectable(Exception):
@@ -280,7 +279,7 @@ def _multipart_slots(body: bytes, content_type: str) -> list[Slot]:
 
 # --- encoded layers ---------------------------------------------------------------------
 
-_B64 = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_B64 = re.compile(r"[A-Za-z0-9+/_-]{12,}={0,2}")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2}[:\s]?){16,}")
 _PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
 _ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")

@@ -88,7 +88,9 @@ BUILTIN: tuple[Detector, ...] = (
     Detector("url_credentials", _re(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:(?P<v>[^\s/@]{1,128})@[\w.-]+"),
              keywords=("://",), validate=v.url_password),
     Detector("generic_secret",
-             _re(r"(?i)\b[\w.-]{0,40}(?:api[_-]?key|secret|token|passw(?:or)?d|pwd|credential|auth[_-]?key|access[_-]?key)"
+             # A name that says "hash"/"digest" holds a hash, not a secret.
+             _re(r"(?i)\b(?![\w.-]{0,40}(?:hash|sha\d*|digest|checksum|etag))"
+                 r"[\w.-]{0,40}(?:api[_-]?key|secret|token|passw(?:or)?d|pwd|credential|auth[_-]?key|access[_-]?key)"
                  r"[\w.-]{0,20}[\"']?\s{0,3}[:=]\s{0,3}[\"']?(?P<v>[A-Za-z0-9+/=_\-.!@#$%^&*~]{12,128})"),
              keywords=("key", "secret", "token", "passw", "pwd", "credential"), validate=v.generic_secret),
     # Personal data.
