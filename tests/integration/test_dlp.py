@@ -188,6 +188,15 @@ def test_uninspectable_bodies_are_blocked(env, dlp, client, body, headers, reaso
     assert not env.tls.requests
 
 
+@pytest.mark.parametrize("body", [b"p" * 900_000, b"aB" * 450_000, b"1 " * 450_000, b"%41" * 300_000],
+                         ids=["letters", "mixed-case", "spaced-digits", "percent"])
+def test_pathological_bodies_are_answered_promptly(env, dlp, client, body):
+    # Regression: a quadratic pattern once stalled the scan on a long run of letters.
+    r = client.post(url(env, "/big"), content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code in (200, 403)  # scanned (or refused as uninspectable), within httpx's timeout
+    assert r.elapsed.total_seconds() < 10
+
+
 def test_websocket_messages_are_scanned(env, dlp):
     env.tls.clear()
     ctx = ssl.create_default_context(cafile=str(dlp.root_ca))

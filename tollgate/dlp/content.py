@@ -18,9 +18,10 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode
 
 import brotli
+import regex
 import zstandard
 
 MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
@@ -147,6 +148,29 @@ def decode_text(data: bytes, charset: str) -> str:
 
 
 # --- structure --------------------------------------------------------------------------
+
+def quick_view(path: str, headers: list[tuple[str, str]], body: bytes, content_type: str) -> str | None:
+    """Everything as one text, when scanning it raw finds what a structured scan would.
+
+    JSON with \\u escapes and forms with percent-encoding need parsing first (None).
+    """
+    media = (content_type or "").split(";")[0].strip().lower()
+    charset = _CHARSET.search(content_type or "")
+    if charset and charset.group(1).lower() not in ("utf-8", "utf8", "us-ascii"):
+        return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\\u" in text:
+        return None
+    if media == "application/x-www-form-urlencoded":
+        text = unquote_plus(text)
+    elif media == "multipart/form-data" and re.search(r"(?i)content-transfer-encoding:\s*base64", text):
+        return None
+    head = "\n".join(f"{k}: {v}" for k, v in headers)
+    return f"{unquote(path)}\n{head}\n{text}"
+
 
 _CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
 
@@ -279,34 +303,47 @@ def _multipart_slots(body: bytes, content_type: str) -> list[Slot]:
 
 # --- encoded layers ---------------------------------------------------------------------
 
-_B64 = re.compile(r"[A-Za-z0-9+/_-]{12,}={0,2}")
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2}[:\s]?){16,}")
-_PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
-_ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
+# Linear patterns only, run with a timeout like every detector (a layer regex must not stall
+# the scan either): a timeout makes the content uninspectable.
+_B64 = regex.compile(r"[A-Za-z0-9+/_-]{12,}={0,2}")
+_HEX = regex.compile(r"(?:[0-9a-fA-F]{2}[:\s]?){16,}")
+_PERCENT = regex.compile(r"%[0-9a-fA-F]{2}")
+_ENTITY = regex.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
+LAYER_TIMEOUT = 0.5
 
 
 def peel_layers(slot: Slot, depth: int = 0) -> list[Slot]:
     """Decoded views of encoded text inside a slot (never rewritable: a hit there blocks)."""
     if depth >= MAX_LAYER_DEPTH:
         return []
+    try:
+        return _peel(slot, depth)
+    except TimeoutError:
+        raise Uninspectable("scan_incomplete", "decoding the content's layers took too long") from None
+
+
+def _peel(slot: Slot, depth: int) -> list[Slot]:
     found: list[Slot] = []
     text = slot.text
-    if _PERCENT.search(text):
+    if _PERCENT.search(text, timeout=LAYER_TIMEOUT):
         found.append(Slot(slot.where, unquote(text), slot.layers + ("percent",)))
-    if _ENTITY.search(text):
+    if _ENTITY.search(text, timeout=LAYER_TIMEOUT):
         found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
-    for m in _B64.finditer(text):
-        decoded = _b64(m.group())
+    for m in _B64.finditer(text, timeout=LAYER_TIMEOUT):
+        token = m.group()
+        if token == token.lower() or token == token.upper():
+            continue  # base64 of text mixes cases; hex digests and plain words are not candidates
+        decoded = _b64(token)
         if decoded:
             found.append(Slot(slot.where, decoded, slot.layers + ("base64",)))
-    for m in _HEX.finditer(text):
+    for m in _HEX.finditer(text, timeout=LAYER_TIMEOUT):
         try:
             decoded = bytes.fromhex(re.sub(r"[:\s]", "", m.group())).decode("utf-8")
         except (ValueError, UnicodeDecodeError):
             continue
         if decoded.isprintable():
             found.append(Slot(slot.where, decoded, slot.layers + ("hex",)))
-    deeper = [d for f in found for d in peel_layers(f, depth + 1)]
+    deeper = [d for f in found for d in _peel(f, depth + 1)] if depth + 1 < MAX_LAYER_DEPTH else []
     return found + deeper
 
 

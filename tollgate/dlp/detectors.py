@@ -94,7 +94,8 @@ BUILTIN: tuple[Detector, ...] = (
                  r"[\w.-]{0,20}[\"']?\s{0,3}[:=]\s{0,3}[\"']?(?P<v>[A-Za-z0-9+/=_\-.!@#$%^&*~]{12,128})"),
              keywords=("key", "secret", "token", "passw", "pwd", "credential"), validate=v.generic_secret),
     # Personal data.
-    Detector("payment_card", _re(r"(?<![\d-])(?:\d[ -]?){11,18}\d(?![\d-])"), validate=v.card_number, secret=False,
+    # Not inside a longer token: digit runs in hashes, tracking numbers or ids are not cards.
+    Detector("payment_card", _re(r"(?<![\w-])(?:\d[ -]?){11,18}\d(?![\w-])"), validate=v.card_number, secret=False,
              keywords=(DIGITS,)),
     Detector("iban", _re(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), validate=v.iban, secret=False,
              keywords=(DIGITS,)),

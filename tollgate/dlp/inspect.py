@@ -10,7 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from tollgate.audit.fingerprint import fingerprint, mask, redaction
-from tollgate.dlp.content import RequestContent, Slot, Uninspectable, decode_transport, parse_request, peel_layers
+from tollgate.dlp.content import (RequestContent, Slot, Uninspectable, decode_transport, parse_request, peel_layers,
+                                  quick_view)
 from tollgate.dlp.decide import DlpDecision, Finding, decide
 from tollgate.dlp.detectors import BUILTIN
 from tollgate.dlp.engine import Engine, ScanIncomplete
@@ -47,6 +48,8 @@ def inspect_request(engine: Engine, dlp: DlpSettings, key: bytes, facts: Request
         return Outcome("uninspectable", uninspectable="too_large", message="the body is larger than dlp.max_body_bytes")
     try:
         body = decode_transport(facts.body, facts.content_encoding, dlp.max_body_bytes)
+        if is_clean(engine, quick_view(facts.path, facts.headers, body, facts.content_type)):
+            return Outcome("allow")
         content = parse_request(facts.path, facts.headers, body, facts.content_type)
         findings = scan_slots(engine, content.slots)
     except Uninspectable as e:
@@ -75,6 +78,8 @@ def inspect_message(engine: Engine, dlp: DlpSettings, key: bytes, text: str, hos
         findings = scan_slots(engine, [slot])
     except ScanIncomplete as e:
         return Outcome("uninspectable", uninspectable="scan_incomplete", message=str(e)), text
+    except Uninspectable as e:
+        return Outcome("uninspectable", uninspectable=e.reason, message=str(e)), text
     decision = decide(findings, dlp, destination, host)
     outcome = Outcome(decision.action, decision, findings=[audit_view(j, key) for j in decision.judged])
     if decision.action == "redact":
@@ -83,7 +88,18 @@ def inspect_message(engine: Engine, dlp: DlpSettings, key: bytes, text: str, hos
     return outcome, holder["text"]
 
 
+def is_clean(engine: Engine, text: str | None) -> bool:
+    """Fast path: one scan of all the text and its decoded layers. Most requests are clean
+    and stop here; only a request with a finding pays for parsing and per-slot attribution."""
+    if text is None:
+        return False
+    return not engine.scan(text) and not any(engine.scan(layer.text) for layer in peel_layers(Slot("all", text)))
+
+
 def scan_slots(engine: Engine, slots: list[Slot]) -> list[Finding]:
+    joined = Slot("joined", "\n".join(s.text for s in slots))
+    if is_clean(engine, joined.text):
+        return []
     findings: list[Finding] = []
     seen: set[tuple[str, str]] = set()
 
@@ -102,7 +118,7 @@ def scan_slots(engine: Engine, slots: list[Slot]) -> list[Finding]:
         for layer in peel_layers(slot):
             add(layer, -1, False)
     # A secret split across fields (key id in one, secret key in another) only shows here.
-    add(Slot("joined", "\n".join(s.text for s in slots)), -1, False)
+    add(joined, -1, False)
     return findings
 
 

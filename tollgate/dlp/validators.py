@@ -23,15 +23,16 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 # (IIN prefix ranges, allowed lengths) per brand; see notes/dlp-anchors.md §5.
 _CARD_BRANDS: list[tuple[list[tuple[int, int]], set[int]]] = [
-    ([(4, 4)], {13, 16, 18, 19}),  # Visa
+    ([(4, 4)], {16, 18, 19}),  # Visa (the legacy 13-digit length is unverified and collides with ids)
     ([(51, 55), (2221, 2720)], {16}),  # Mastercard, including the 2-series
     ([(34, 34), (37, 37)], {15}),  # Amex
     ([(6011, 6011), (644, 649), (65, 65)], {16, 19}),  # Discover
     ([(300, 305), (36, 36), (38, 39)], {14, 16, 19}),  # Diners
-    ([(3528, 3589)], {16, 17, 18, 19}),  # JCB
-    ([(62, 62), (81, 81)], {16, 17, 18, 19}),  # UnionPay
-    ([(500000, 509999), (56, 59)], set(range(12, 20))),  # Maestro
-    ([(2200, 2204)], {16, 17, 18, 19}),  # Mir
+    # The rarer lengths of these brands (12-15, 17-18) collide with numeric ids; only 16 and 19.
+    ([(3528, 3589)], {16, 19}),  # JCB
+    ([(62, 62), (81, 81)], {16, 19}),  # UnionPay
+    ([(500000, 509999), (56, 59)], {16, 19}),  # Maestro
+    ([(2200, 2204)], {16, 19}),  # Mir
 ]
 
 
