@@ -36,7 +36,7 @@ from tollgate.mitm.hardening import review_options
 from tollgate.mitm.responses import error_response
 from tollgate.policy.hosts import normalize_host
 from tollgate.policy.loader import PolicyError, load_policy
-from tollgate.policy.model import ClientGroup, Destination, Policy
+from tollgate.policy.model import Policy
 from tollgate.tls.ca import CaError, check_proxy_ca
 from tollgate.tls.pins import CertFacts, chain_matches_pins
 from tollgate.tls.scope import intercept_scope
