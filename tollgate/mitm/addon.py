@@ -13,6 +13,7 @@ import functools
 import inspect
 import ipaddress
 import logging
+import traceback
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,9 @@ from OpenSSL import SSL
 
 from tollgate.audit.events import decision_event, lifecycle_event, new_incident_id
 from tollgate.audit.fingerprint import load_or_create_key
+from tollgate.audit.writer import AuditError, AuditWriter
 from tollgate.dlp.engine import Engine
 from tollgate.dlp.inspect import Outcome, RequestFacts, inspect_message, inspect_request
-from tollgate.audit.writer import AuditError, AuditWriter
 from tollgate.gates.address import ResolveError, choose_address, parse_ip_literal, resolve
 from tollgate.gates.client import identify_client
 from tollgate.gates.decision import Decision, Reason
@@ -96,8 +97,11 @@ def fail_closed(kind: str) -> Callable:
                     await result
             except exceptions.AddonHalt:
                 raise
-            except Exception:
-                logger.exception("tollgate: %s hook failed; refusing the traffic", fn.__name__)
+            except Exception as e:
+                # Type and stack only: an exception's message may quote request data.
+                frames = "".join(traceback.format_tb(e.__traceback__))
+                logger.error("tollgate: %s hook failed (%s); refusing the traffic\n%s", fn.__name__,
+                             type(e).__name__, frames)
                 self._refuse_after_error(kind, data, fn.__name__)
                 if kind == "tls":
                     raise exceptions.AddonHalt()
@@ -148,19 +152,16 @@ class Tollgate:
             check_proxy_ca(Path(ctx.options.confdir).expanduser(), intercept_scope(policy))
         except CaError as e:
             raise exceptions.OptionsError(str(e)) from None
-        audit_path = ctx.options.tollgate_audit_path or policy.audit.path
+        confdir = Path(ctx.options.confdir).expanduser()
         try:
-            audit = AuditWriter(audit_path, policy.audit.rotate_bytes)
+            bundle = build_bundle(policy.upstream.extra_ca_files, confdir)
+            hmac_key = load_or_create_key(confdir)
+        except (TrustError, OSError) as e:
+            raise exceptions.OptionsError(str(e)) from None
+        try:  # opened last: nothing after it can fail and leave it open
+            audit = AuditWriter(ctx.options.tollgate_audit_path or policy.audit.path, policy.audit.rotate_bytes)
         except AuditError as e:
             raise exceptions.OptionsError(str(e)) from None
-        try:
-            bundle = build_bundle(policy.upstream.extra_ca_files, Path(ctx.options.confdir).expanduser())
-        except TrustError as e:
-            raise exceptions.OptionsError(str(e)) from None
-        try:
-            hmac_key = load_or_create_key(Path(ctx.options.confdir).expanduser())
-        except OSError as e:
-            raise exceptions.OptionsError(f"audit fingerprint key: {e}") from None
         engine = Engine.for_policy(policy.dlp)
         ctx.options.update(
             ssl_verify_upstream_trusted_ca=str(bundle),
