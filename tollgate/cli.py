@@ -1,4 +1,4 @@
-"""The `tollgate` command: run the proxy, manage the CA (later: policy, audit)."""
+"""The `tollgate` command: run the proxy, manage the CA, review the audit log."""
 
 from __future__ import annotations
 
@@ -26,14 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--proxyauth", default=None,
                      help="require proxy authentication, as mitmproxy's proxyauth: 'user:pass', '@htpasswd-file'")
     run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
-    from tollgate import ca_cli
+    from tollgate import audit_cli, ca_cli
 
     ca_cli.add_parser(sub)
+    audit_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
     if args.command == "ca":
         return ca_cli.run(args)
+    if args.command == "audit":
+        return audit_cli.run(args)
     return 2  # pragma: no cover - argparse enforces the subcommand
 
 

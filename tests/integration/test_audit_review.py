@@ -1,0 +1,148 @@
+"""`tollgate audit ...` on a log written by a real proxy: verify catches tampering, search,
+summary, export and tail answer a reviewer's questions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import ssl
+import subprocess
+
+import httpx
+import pytest
+
+from tests.support.proxy import BIN, REPO, ProxyExited, tollgate_run
+from tests.support.secrets import POSITIVE
+from tollgate.audit.writer import AuditWriter
+
+pytestmark = pytest.mark.integration
+AWS = POSITIVE["aws_access_key_id"][1]
+
+
+def audit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "tollgate"), "audit", *args], capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def log(env, tmp_path_factory):
+    """A log with allowed, denied, blocked and reported decisions, from a real proxy run."""
+    tmp = tmp_path_factory.mktemp("review")
+    proxy = tollgate_run(tmp, env.policy).start()
+    ctx = ssl.create_default_context(cafile=str(proxy.root_ca))
+    with httpx.Client(proxy=proxy.url, verify=ctx, timeout=20) as client:
+        client.get(f"https://api.allowed.test:{env.tls.port}/ok")
+        client.post(f"https://api.allowed.test:{env.tls.port}/leak", json={"k": AWS})
+        client.post(f"https://api.allowed.test:{env.tls.port}/leak-again", json={"k": AWS})
+        with pytest.raises(httpx.ProxyError):
+            client.get(f"https://unlisted.test:{env.tls.port}/")
+    proxy.stop()
+    return proxy.audit_path
+
+
+def copy(log, tmp_path):
+    target = tmp_path / "audit.jsonl"
+    shutil.copy(log, target)
+    return target
+
+
+def test_verify_intact_log(log):
+    done = audit("verify", "--log", str(log))
+    assert done.returncode == 0 and done.stdout.startswith("OK: ")
+
+
+def test_verify_finds_an_edited_line(log, tmp_path):
+    target = copy(log, tmp_path)
+    lines = target.read_bytes().splitlines(keepends=True)
+    lines[3] = lines[3].replace(b'"outcome":"failure"', b'"outcome":"success"').replace(b"ops", b"opz")
+    target.write_bytes(b"".join(lines))
+    done = audit("verify", "--log", str(target))
+    assert done.returncode == 1
+    assert f"{target}:5: edited: the line before it (audit.jsonl:4)" in done.stdout
+
+
+def test_verify_finds_a_deleted_line(log, tmp_path):
+    target = copy(log, tmp_path)
+    lines = target.read_bytes().splitlines(keepends=True)
+    del lines[4]
+    target.write_bytes(b"".join(lines))
+    done = audit("verify", "--log", str(target))
+    assert done.returncode == 1 and f"{target}:5: missing: 1 line(s) missing after audit.jsonl:4" in done.stdout
+
+
+def test_verify_finds_reordered_lines(log, tmp_path):
+    target = copy(log, tmp_path)
+    lines = target.read_bytes().splitlines(keepends=True)
+    lines[3], lines[4] = lines[4], lines[3]
+    target.write_bytes(b"".join(lines))
+    done = audit("verify", "--log", str(target))
+    assert done.returncode == 1
+    assert f"{target}:4: reordered: it follows audit.jsonl:5, not the line above it" in done.stdout
+
+
+def test_verify_across_rotation(tmp_path):
+    writer = AuditWriter(tmp_path / "audit.jsonl", rotate_bytes=4096)
+    for i in range(60):
+        writer.write({"event": {"action": "test"}, "n": i})
+    writer.close()
+    assert len(list(tmp_path.glob("audit.jsonl.*"))) >= 1
+    done = audit("verify", "--log", str(tmp_path / "audit.jsonl"))
+    assert done.returncode == 0 and "OK: 60 lines" in done.stdout
+    oldest = sorted(tmp_path.glob("audit.jsonl.*"))[0]
+    oldest.unlink()  # losing a rotated file breaks the chain of the next one
+    assert audit("verify", "--log", str(tmp_path / "audit.jsonl")).returncode == 1
+
+
+def test_search_by_destination_detector_and_fingerprint(log):
+    done = audit("search", "--log", str(log), "--destination", "allowed.test", "--detector", "aws_access_key_id",
+                 "--format", "json")
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [e["event"]["action"] for e in events] == ["request-blocked", "request-blocked"]
+    fingerprint = events[0]["tollgate"]["dlp"]["findings"][0]["fingerprint"]
+    same = audit("search", "--log", str(log), "--fingerprint", fingerprint, "--format", "json").stdout.splitlines()
+    assert len(same) == 2  # the same value in two incidents
+    denied = audit("search", "--log", str(log), "--outcome", "failure", "--destination", "unlisted.test")
+    assert "destination_not_allowed" in denied.stdout and "(1 events)" in denied.stdout
+    assert AWS not in done.stdout
+
+
+def test_time_filters(log):
+    assert "(0 events)" in audit("search", "--log", str(log), "--until", "2000-01-01").stdout
+    assert "(0 events)" not in audit("search", "--log", str(log), "--since", "1h").stdout
+    bad = audit("search", "--log", str(log), "--since", "yesterday-ish")
+    assert bad.returncode == 2
+
+
+def test_summary_answers_what_left_and_what_was_blocked(log, env):
+    done = audit("summary", "--log", str(log), "--format", "json")
+    numbers = json.loads(done.stdout)
+    actions = dict(numbers["by_action"])
+    assert actions["request-blocked"] == 2 and actions["connection-denied"] == 1
+    assert dict(numbers["findings_by_detector"])["aws_access_key_id → block"] == 2
+    assert dict(numbers["denied_destinations"]) == {f"unlisted.test:{env.tls.port}": 1}
+    table = audit("summary", "--log", str(log)).stdout
+    assert "DLP findings by detector → action" in table and "aws_access_key_id → block" in table
+
+
+def test_csv_export(log, tmp_path):
+    out = tmp_path / "events.csv"
+    assert audit("export", "--log", str(log), "--action", "request-blocked", "--csv", str(out)).returncode == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 2 and rows[0]["detectors"] == "aws_access_key_id"
+    assert rows[0]["fingerprints"].startswith("hmac-sha256:") and AWS not in out.read_text()
+
+
+def test_tail_last_events(log):
+    done = audit("tail", "--log", str(log), "-n", "2")
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 3  # header + 2
+    assert "proxy-stopped" in done.stdout
+
+
+def test_unwritable_audit_log_refuses_to_start(env, tmp_path):
+    (tmp_path / "audit").mkdir()
+    os.symlink("/dev/full", tmp_path / "audit" / "audit.jsonl")  # every write fails: ENOSPC
+    with pytest.raises(ProxyExited) as err:
+        tollgate_run(tmp_path, env.policy).start()
+    assert "No space left on device" in str(err.value)

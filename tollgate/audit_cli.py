@@ -1,0 +1,172 @@
+"""`tollgate audit ...`: verify, summarise, search, follow and export the audit log."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tollgate.audit import review
+
+DEFAULT_LOG = "var/audit/audit.jsonl"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("audit", help="review the audit log")
+    cmds = parser.add_subparsers(dest="audit_command", required=True)
+
+    def log_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log", default=DEFAULT_LOG, help=f"the live audit file; rotations beside it are read too "
+                                                          f"(default: {DEFAULT_LOG})")
+
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--since", help="ISO time or date, or relative: 30m, 24h, 7d")
+        p.add_argument("--until", help="ISO time or date, or relative")
+        p.add_argument("--client")
+        p.add_argument("--destination", help="a domain (subdomains included) or an IP")
+        p.add_argument("--detector")
+        p.add_argument("--outcome", choices=["success", "failure"])
+        p.add_argument("--action", help="event.action, e.g. request-blocked")
+        p.add_argument("--fingerprint")
+        p.add_argument("--incident")
+
+    verify = cmds.add_parser("verify", help="check the hash chain: the first edited, missing or reordered line")
+    log_arg(verify)
+    summary = cmds.add_parser("summary", help="decisions, destinations, clients, findings, failures")
+    log_arg(summary)
+    filters(summary)
+    summary.add_argument("--format", choices=["table", "json"], default="table")
+    search = cmds.add_parser("search", help="events matching filters")
+    log_arg(search)
+    filters(search)
+    search.add_argument("--format", choices=["table", "json"], default="table")
+    tail = cmds.add_parser("tail", help="the last events, and with --follow the live ones")
+    log_arg(tail)
+    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.add_argument("-f", "--follow", action="store_true")
+    export = cmds.add_parser("export", help="events matching filters as CSV, for spreadsheets")
+    log_arg(export)
+    filters(export)
+    export.add_argument("--csv", required=True, metavar="FILE", help="file to write ('-' for standard output)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.audit_command != "tail" and not review.log_files(args.log):
+        print(f"tollgate audit: no audit log at {args.log}", file=sys.stderr)
+        return 2
+    try:
+        return _COMMANDS[args.audit_command](args)
+    except ValueError as e:
+        print(f"tollgate audit {args.audit_command}: {e}", file=sys.stderr)
+        return 2
+
+
+def _filter(args: argparse.Namespace) -> review.Filter:
+    return review.Filter(
+        since=review.parse_time(args.since) if args.since else None,
+        until=review.parse_time(args.until) if args.until else None,
+        client=args.client, destination=args.destination, detector=args.detector, outcome=args.outcome,
+        action=args.action, fingerprint=args.fingerprint, incident=args.incident)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    count, problem = review.verify(args.log)
+    files = review.log_files(args.log)
+    if problem:
+        print(f"BROKEN after {count - 1} good lines: {problem}")
+        return 1
+    print(f"OK: {count} lines in {len(files)} file(s), hash chain intact")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    numbers = review.summarise(review.search(args.log, _filter(args)))
+    if args.format == "json":
+        print(json.dumps(numbers, indent=2))
+        return 0
+    print(f"{numbers['events']} events from {numbers['from']} to {numbers['to']}")
+    for title, key in (("Decisions", "by_action"), ("Top destinations", "top_destinations"),
+                       ("Top clients", "top_clients"), ("DLP findings by detector → action", "findings_by_detector"),
+                       ("Denied destinations", "denied_destinations"), ("Certificate failures", "certificate_failures")):
+        print(f"\n{title}")
+        rows = numbers[key] or [("(none)", "")]
+        width = max(len(str(name)) for name, _ in rows)
+        for name, n in rows:
+            print(f"  {str(name):<{width}}  {n}")
+    return 0
+
+
+_TABLE = ("@timestamp", "event.action", "event.reason", "tollgate.client", "destination.domain",
+          "destination.port", "detectors", "tollgate.incident")
+
+
+def _print_table(events: list[dict[str, Any]]) -> None:
+    indexes = [review.CSV_COLUMNS.index(c) for c in _TABLE]
+    rows = [[row[i] for i in indexes] for row in (review.flat_row(e) for e in events)]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(_TABLE)]
+    print("  ".join(c.ljust(w) for c, w in zip(_TABLE, widths)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def _search(args: argparse.Namespace) -> int:
+    events = review.search(args.log, _filter(args))
+    if args.format == "json":
+        for e in events:
+            print(json.dumps(e, ensure_ascii=False))
+    else:
+        _print_table(events)
+        print(f"({len(events)} events)")
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    path = Path(args.log)
+    events = [line.event for line in review.read_lines(path) if line.event]
+    _print_table(events[-args.lines:] if args.lines else [])
+    if not args.follow:
+        return 0
+    position = path.stat().st_size if path.exists() else 0
+    try:
+        while True:
+            time.sleep(0.5)
+            if not path.exists():
+                continue
+            if path.stat().st_size < position:
+                position = 0  # rotated: the new live file starts empty
+            with open(path, "rb") as f:
+                f.seek(position)
+                chunk = f.read()
+            complete = chunk[:chunk.rfind(b"\n") + 1]
+            position += len(complete)
+            for raw in complete.splitlines():
+                try:
+                    e = json.loads(raw)
+                except ValueError:
+                    continue
+                print("  ".join(review.flat_row(e)[review.CSV_COLUMNS.index(c)] for c in _TABLE), flush=True)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    events = review.search(args.log, _filter(args))
+    out = sys.stdout if args.csv == "-" else open(args.csv, "w", newline="", encoding="utf-8")
+    try:
+        writer = csv.writer(out)
+        writer.writerow(review.CSV_COLUMNS)
+        for e in events:
+            writer.writerow(review.flat_row(e))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.csv != "-":
+        print(f"wrote {len(events)} events to {args.csv}", file=sys.stderr)
+    return 0
+
+
+_COMMANDS = {"verify": _verify, "summary": _summary, "search": _search, "tail": _tail, "export": _export}
