@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tollgate.audit import review
+from tollgate.audit import evidence, review
 
 DEFAULT_LOG = "var/audit/audit.jsonl"
 
@@ -48,6 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     log_arg(tail)
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.add_argument("-f", "--follow", action="store_true")
+    keygen = cmds.add_parser("keygen", help="a reviewer key pair for encrypted evidence")
+    keygen.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.key (0600) and PREFIX.pub")
+    reveal = cmds.add_parser("reveal", help="decrypt an incident's evidence with the reviewer's private key")
+    log_arg(reveal)
+    reveal.add_argument("--key", required=True, help="the reviewer's private key (PREFIX.key)")
+    reveal.add_argument("--incident", required=True)
     export = cmds.add_parser("export", help="events matching filters as CSV, for spreadsheets")
     log_arg(export)
     filters(export)
@@ -55,12 +61,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.audit_command != "tail" and not review.log_files(args.log):
+    if args.audit_command not in ("tail", "keygen") and not review.log_files(args.log):
         print(f"tollgate audit: no audit log at {args.log}", file=sys.stderr)
         return 2
     try:
         return _COMMANDS[args.audit_command](args)
-    except ValueError as e:
+    except (ValueError, evidence.EvidenceError, FileExistsError) as e:
         print(f"tollgate audit {args.audit_command}: {e}", file=sys.stderr)
         return 2
 
@@ -169,4 +175,29 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"verify": _verify, "summary": _summary, "search": _search, "tail": _tail, "export": _export}
+def _keygen(args: argparse.Namespace) -> int:
+    key, pub = evidence.generate_keypair(args.out)
+    print(f"private key: {key} (0600: keep it with the reviewers, never on the proxy)")
+    print(f"public key:  {pub} (put it in the policy: audit.evidence_public_key)")
+    return 0
+
+
+def _reveal(args: argparse.Namespace) -> int:
+    private = evidence.load_private_key(args.key)
+    events = review.search(args.log, review.Filter(incident=args.incident))
+    if not events:
+        raise ValueError(f"no event with incident {args.incident}")
+    shown = 0
+    for e in events:
+        for f in e.get("tollgate", {}).get("dlp", {}).get("findings", []):
+            if "evidence" in f:
+                context = evidence.unseal(private, f["evidence"]).decode("utf-8", "replace")
+                print(f"{f['detector']} in {f['where']}: {context!r}")
+                shown += 1
+    if not shown:
+        raise ValueError(f"incident {args.incident} carries no evidence (is audit.evidence_public_key set?)")
+    return 0
+
+
+_COMMANDS = {"verify": _verify, "summary": _summary, "search": _search, "tail": _tail, "export": _export,
+             "keygen": _keygen, "reveal": _reveal}

@@ -146,3 +146,28 @@ def test_unwritable_audit_log_refuses_to_start(env, tmp_path):
     with pytest.raises(ProxyExited) as err:
         tollgate_run(tmp_path, env.policy).start()
     assert "No space left on device" in str(err.value)
+
+
+def test_encrypted_evidence_only_the_reviewer_can_read(env, tmp_path):
+    keys = tmp_path / "reviewer"
+    assert audit("keygen", "--out", str(keys)).returncode == 0
+    assert oct(os.stat(f"{keys}.key").st_mode & 0o777) == "0o600"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(env.policy.read_text() + f"  evidence_public_key: {keys}.pub\n")
+    proxy = tollgate_run(tmp_path, policy).start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(proxy.root_ca))
+        with httpx.Client(proxy=proxy.url, verify=ctx, timeout=20) as client:
+            r = client.post(f"https://api.allowed.test:{env.tls.port}/leak", json={"deploy_key": AWS})
+        incident = r.json()["incident"]
+    finally:
+        proxy.stop()
+    text = proxy.audit_path.read_text()
+    assert AWS not in text and "x25519-aes256gcm:" in text  # sealed: the proxy host cannot read it
+    revealed = audit("reveal", "--log", str(proxy.audit_path), "--key", f"{keys}.key", "--incident", incident)
+    assert revealed.returncode == 0
+    assert AWS in revealed.stdout and "deploy_key" in revealed.stdout  # the context around the value
+    other = tmp_path / "other"
+    audit("keygen", "--out", str(other))
+    wrong = audit("reveal", "--log", str(proxy.audit_path), "--key", f"{other}.key", "--incident", incident)
+    assert wrong.returncode == 2 and "not sealed to that key" in wrong.stderr and AWS not in wrong.stdout + wrong.stderr

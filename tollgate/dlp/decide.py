@@ -33,6 +33,7 @@ class Finding:
     rewritable: bool
     placeholder: bool = False
     slot: int = -1  # index of the rewritable slot it was found in (-1: a decoded layer or the joined view)
+    context: str = ""  # the text around the value: only ever stored sealed to a reviewer's key
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from tollgate.audit.evidence import seal
 from tollgate.audit.fingerprint import fingerprint, mask, redaction
 from tollgate.dlp.content import (RequestContent, Slot, Uninspectable, decode_transport, parse_request, peel_layers,
                                   quick_view)
@@ -43,7 +46,8 @@ class Outcome:
     body: bytes | None = None  # decoded body: the hook re-applies Content-Encoding
 
 
-def inspect_request(engine: Engine, dlp: DlpSettings, key: bytes, facts: RequestFacts) -> Outcome:
+def inspect_request(engine: Engine, dlp: DlpSettings, key: bytes, facts: RequestFacts,
+                    evidence_key: X25519PublicKey | None = None) -> Outcome:
     if len(facts.body) > dlp.max_body_bytes:
         return Outcome("uninspectable", uninspectable="too_large", message="the body is larger than dlp.max_body_bytes")
     try:
@@ -60,7 +64,7 @@ def inspect_request(engine: Engine, dlp: DlpSettings, key: bytes, facts: Request
     if stacked:  # the proxy cannot re-encode stacked encodings: no rewriting in place
         findings = [dataclasses.replace(f, rewritable=False, slot=-1) for f in findings]
     decision = decide(findings, dlp, facts.destination, facts.host)
-    outcome = Outcome(decision.action, decision, findings=[audit_view(j, key) for j in decision.judged])
+    outcome = Outcome(decision.action, decision, findings=[audit_view(j, key, evidence_key) for j in decision.judged])
     if decision.action == "redact":
         apply_redactions(content, decision)
         query = content.query_string()
@@ -70,7 +74,7 @@ def inspect_request(engine: Engine, dlp: DlpSettings, key: bytes, facts: Request
 
 
 def inspect_message(engine: Engine, dlp: DlpSettings, key: bytes, text: str, host: str,
-                    destination: Destination | None) -> tuple[Outcome, str]:
+                    destination: Destination | None, evidence_key: X25519PublicKey | None = None) -> tuple[Outcome, str]:
     """A WebSocket message: (outcome, the redacted text when the action is redact)."""
     holder = {"text": text}
     slot = Slot("websocket", text, replace=lambda new: holder.__setitem__("text", new))
@@ -81,7 +85,7 @@ def inspect_message(engine: Engine, dlp: DlpSettings, key: bytes, text: str, hos
     except Uninspectable as e:
         return Outcome("uninspectable", uninspectable=e.reason, message=str(e)), text
     decision = decide(findings, dlp, destination, host)
-    outcome = Outcome(decision.action, decision, findings=[audit_view(j, key) for j in decision.judged])
+    outcome = Outcome(decision.action, decision, findings=[audit_view(j, key, evidence_key) for j in decision.judged])
     if decision.action == "redact":
         content = RequestContent("", [], [], "none", None, slots=[slot])
         apply_redactions(content, decision)
@@ -110,7 +114,8 @@ def scan_slots(engine: Engine, slots: list[Slot]) -> list[Finding]:
                 continue
             seen.add(key)
             findings.append(Finding(m.detector, slot.where, slot.layers, slot.text[m.start:m.end], m.start, m.end,
-                                    rewritable, m.placeholder, index if rewritable else -1))
+                                    rewritable, m.placeholder, index if rewritable else -1,
+                                    slot.text[max(0, m.start - 40):m.end + 40]))
 
     for i, slot in enumerate(slots):
         add(slot, i, slot.replace is not None)
@@ -135,10 +140,13 @@ def apply_redactions(content: RequestContent, decision: DlpDecision) -> None:
         slot.replace(text)
 
 
-def audit_view(judged, key: bytes) -> dict:
+def audit_view(judged, key: bytes, evidence_key: X25519PublicKey | None = None) -> dict:
     f = judged.finding
-    return {
+    view = {
         "detector": f.detector, "where": f.where, "layers": list(f.layers), "action": judged.action,
         "why": judged.why, "preview": mask(f.detector, f.value, _SECRET.get(f.detector, True)),
         "fingerprint": fingerprint(key, f.value),
     }
+    if evidence_key is not None:
+        view["evidence"] = seal(evidence_key, f.context.encode("utf-8", "surrogateescape"))
+    return view

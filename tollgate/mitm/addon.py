@@ -24,6 +24,7 @@ from mitmproxy.proxy import server_hooks
 from OpenSSL import SSL
 
 from tollgate.audit.events import decision_event, lifecycle_event, new_incident_id
+from tollgate.audit.evidence import load_public_key
 from tollgate.audit.fingerprint import load_or_create_key
 from tollgate.audit.writer import AuditError, AuditWriter
 from tollgate.dlp.engine import Engine
@@ -121,6 +122,7 @@ class Tollgate:
         self.own_endpoints: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]] = []
         self.engine: Engine | None = None
         self.hmac_key: bytes = b""
+        self.evidence_key: Any = None  # the reviewer's public key, when the policy names one
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -163,6 +165,7 @@ class Tollgate:
         except AuditError as e:
             raise exceptions.OptionsError(str(e)) from None
         engine = Engine.for_policy(policy.dlp)
+        evidence_key = load_public_key(policy.audit.evidence_public_key) if policy.audit.evidence_public_key else None
         ctx.options.update(
             ssl_verify_upstream_trusted_ca=str(bundle),
             tls_version_server_min=TLS_VERSIONS[policy.upstream.min_tls_version],
@@ -171,7 +174,7 @@ class Tollgate:
             body_size_limit=str(policy.dlp.max_body_bytes + 1024 * 1024),
         )
         old_audit, self.policy, self.audit = self.audit, policy, audit
-        self.engine, self.hmac_key = engine, hmac_key
+        self.engine, self.hmac_key, self.evidence_key = engine, hmac_key, evidence_key
         if old_audit:
             old_audit.close()
         self._write(lifecycle_event("policy-loaded", f"policy {path} loaded", policy={"path": path, "sha256": policy.sha256}))
@@ -405,7 +408,8 @@ class Tollgate:
             destination=approval.decision.rule)
         try:
             outcome = await asyncio.wait_for(
-                asyncio.to_thread(inspect_request, engine, policy.dlp, self.hmac_key, facts), DLP_TIMEOUT)
+                asyncio.to_thread(inspect_request, engine, policy.dlp, self.hmac_key, facts, self.evidence_key),
+                DLP_TIMEOUT)
         except asyncio.TimeoutError:
             outcome = Outcome("uninspectable", uninspectable="scan_timeout", message="the scan took too long")
         self._apply_outcome(flow, approval, outcome)
@@ -452,7 +456,7 @@ class Tollgate:
             raise RuntimeError("WebSocket message without an approved destination")
         text = message.text if message.is_text else message.content.decode("latin-1")
         outcome, redacted = await asyncio.to_thread(inspect_message, self.engine, self.policy.dlp, self.hmac_key, text,
-                                                    approval.host, approval.decision.rule)
+                                                    approval.host, approval.decision.rule, self.evidence_key)
         extra = {"dlp": {"findings": outcome.findings}, "websocket": True}
         detectors = outcome.decision.detectors if outcome.decision else []
         rule, client = approval.decision.rule, approval.decision.client

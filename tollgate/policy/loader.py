@@ -238,6 +238,6 @@ def _compile(spec: PolicySpec, filename: str, sha256: str, lines: dict[Path_, in
     return model.Policy(
         version=spec.version, clients=clients, destinations=tuple(destinations), dlp=dlp, network=network,
         upstream=model.UpstreamSettings(tuple(spec.upstream.extra_ca_files), spec.upstream.min_tls_version),
-        audit=model.AuditSettings(spec.audit.path, spec.audit.rotate_bytes),
+        audit=model.AuditSettings(spec.audit.path, spec.audit.rotate_bytes, spec.audit.evidence_public_key),
         source=filename, sha256=sha256,
     )

@@ -87,6 +87,7 @@ class UpstreamSettings:
 class AuditSettings:
     path: str = "var/audit/audit.jsonl"
     rotate_bytes: int = 100 * 1024 * 1024
+    evidence_public_key: str | None = None
 
 
 @dataclass(frozen=True)

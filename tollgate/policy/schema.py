@@ -211,6 +211,19 @@ class UpstreamSpec(_Strict):
 class AuditSpec(_Strict):
     path: Annotated[str, Field(min_length=1)] = "var/audit/audit.jsonl"
     rotate_bytes: Annotated[int, Field(ge=4096)] = 100 * 1024 * 1024
+    evidence_public_key: str | None = None  # a reviewer's X25519 public key (PEM): findings' context sealed to it
+
+    @field_validator("evidence_public_key")
+    @classmethod
+    def _evidence_key(cls, v: str | None) -> str | None:
+        if v is not None:
+            from tollgate.audit.evidence import EvidenceError, load_public_key
+
+            try:
+                load_public_key(v)
+            except EvidenceError as e:
+                raise ValueError(str(e)) from None
+        return v
 
 
 class PolicySpec(_Strict):
