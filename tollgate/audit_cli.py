@@ -48,6 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     log_arg(tail)
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.add_argument("-f", "--follow", action="store_true")
+    report = cmds.add_parser("report", help="a self-contained HTML report with charts and the incident table")
+    log_arg(report)
+    filters(report)
+    report.add_argument("--html", required=True, metavar="FILE")
     keygen = cmds.add_parser("keygen", help="a reviewer key pair for encrypted evidence")
     keygen.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.key (0600) and PREFIX.pub")
     reveal = cmds.add_parser("reveal", help="decrypt an incident's evidence with the reviewer's private key")
@@ -175,6 +179,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from tollgate.audit.report import render
+
+    events = review.search(args.log, _filter(args))
+    Path(args.html).write_text(render(events), encoding="utf-8")
+    print(f"wrote a report of {len(events)} events to {args.html}")
+    return 0
+
+
 def _keygen(args: argparse.Namespace) -> int:
     key, pub = evidence.generate_keypair(args.out)
     print(f"private key: {key} (0600: keep it with the reviewers, never on the proxy)")
@@ -200,4 +213,4 @@ def _reveal(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"verify": _verify, "summary": _summary, "search": _search, "tail": _tail, "export": _export,
-             "keygen": _keygen, "reveal": _reveal}
+             "keygen": _keygen, "reveal": _reveal, "report": _report}

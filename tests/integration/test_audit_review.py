@@ -171,3 +171,27 @@ def test_encrypted_evidence_only_the_reviewer_can_read(env, tmp_path):
     audit("keygen", "--out", str(other))
     wrong = audit("reveal", "--log", str(proxy.audit_path), "--key", f"{other}.key", "--incident", incident)
     assert wrong.returncode == 2 and "not sealed to that key" in wrong.stderr and AWS not in wrong.stdout + wrong.stderr
+
+
+CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_html_report_in_a_real_browser(log, tmp_path):
+    report = tmp_path / "report.html"
+    done = audit("report", "--log", str(log), "--html", str(report))
+    assert done.returncode == 0, done.stderr
+    html_text = report.read_text()
+    assert AWS not in html_text and "<script" not in html_text and "http://" not in html_text  # self-contained
+    incidents = [json.loads(line)["tollgate"]["incident"] for line in log.read_text().splitlines()
+                 if json.loads(line)["event"]["action"] == "request-blocked"]
+    profile = ["--user-data-dir=" + str(tmp_path / "profile")]
+    dom = subprocess.run(CHROMIUM + profile + ["--dump-dom", report.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert dom.count("<svg") >= 3 and "Incidents (" in dom
+    assert all(incident in dom for incident in incidents)
+    shot = tmp_path / "report.png"
+    subprocess.run(CHROMIUM + profile + ["--window-size=1200,900", f"--screenshot={shot}", report.as_uri()],
+                   capture_output=True, timeout=120)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not a blank
