@@ -58,12 +58,18 @@ def test_unapproved_request_is_blocked_even_if_no_gate_ran():
     assert addon.audit.events[0]["event"]["action"] == "request-denied"
 
 
-def test_audit_failure_still_blocks():
-    addon = Tollgate()  # no audit writer: writing the event raises inside the hook
+def test_audit_failure_blocks_and_says_so(tmp_path):
+    from tollgate.audit.writer import AuditWriter
+
+    flow = tflow.tflow()
+    addon = approved_addon(flow)
+    (tmp_path / "audit.jsonl").symlink_to("/dev/full")  # every write fails: ENOSPC
+    addon.audit = AuditWriter(tmp_path / "audit.jsonl")
+    flow.metadata["tollgate"] = {"approved": False}
     with taddons.context(addon):
-        flow = tflow.tflow()
         asyncio.run(addon.request(flow))
     assert flow.response.status_code == 503
+    assert flow.response.headers["x-tollgate-decision"] == "audit_unavailable"
 
 
 class _ListAudit:

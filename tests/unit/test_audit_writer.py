@@ -77,3 +77,45 @@ def test_unwritable_directory_is_an_audit_error(tmp_path):
 ])
 def test_redact_url_drops_query_values_and_userinfo(url, expected):
     assert redact_url(url) == expected
+
+
+def test_restart_after_rotation_continues_from_the_rotated_file(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    w = AuditWriter(path, rotate_bytes=4096)
+    for i in range(40):
+        w.write({"n": i, "pad": "x" * 100})
+    w.close()
+    path.write_bytes(b"")  # the live file is empty, as right after a rotation
+    w = AuditWriter(path)
+    w.write({"n": "after"})
+    w.close()
+    from tollgate.audit.review import verify
+
+    assert verify(path)[1] is None
+
+
+WRITER = """
+import sys
+from tollgate.audit.writer import AuditWriter
+w = AuditWriter(sys.argv[1], rotate_bytes=8192)
+for i in range(400):
+    w.write({"writer": sys.argv[2], "n": i, "pad": "y" * 50})
+w.close()
+"""
+
+
+def test_several_processes_share_one_chain_and_lose_nothing(tmp_path):
+    import subprocess
+    import sys
+    from collections import Counter
+
+    from tollgate.audit.review import read_lines, verify
+
+    path = tmp_path / "audit.jsonl"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), name]) for name in ("a", "b")]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    count, problem = verify(path)
+    assert problem is None, str(problem)
+    writers = Counter(line.event["writer"] for line in read_lines(path))
+    assert writers == {"a": 400, "b": 400} and count == 800
+    assert len(list(tmp_path.glob("audit.jsonl.*"))) >= 2  # rotated under concurrent writes

@@ -4,11 +4,16 @@ Each line carries ``tollgate.chain.prev``, the SHA-256 of the previous line's by
 last line of the previous file after rotation, or of the existing file after a restart), so
 an edited, deleted or reordered line breaks the chain. A write that fails raises
 AuditError: callers block the traffic rather than run unaudited.
+
+Several processes may share one log: each write holds an exclusive flock, and a writer that
+finds the file changed under it (another process wrote or rotated) re-reads the tail first,
+so all processes extend one chain.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -32,11 +37,16 @@ class AuditWriter:
         self._seq = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            self._prev = _last_line_hash(self.path)
-            self._file = open(self.path, "ab", buffering=0)
-            os.chmod(self.path, 0o640)
+            self._open()
         except OSError as e:
             raise AuditError(f"cannot open audit log {self.path}: {e.strerror}") from e
+
+    def _open(self) -> None:
+        self._file = open(self.path, "ab", buffering=0)
+        if self.path.is_file():
+            os.chmod(self.path, 0o640)
+        self._prev = GENESIS
+        self._known_size = -1  # unknown: the tail is read under the lock, before the next write
 
     def write(self, event: dict[str, Any]) -> None:
         """Append one event. Adds @timestamp, ecs.version and the chain fields."""
@@ -46,23 +56,51 @@ class AuditWriter:
             self._seq += 1
             tollgate["chain"] = {"prev": self._prev, "seq": self._seq}
             record["tollgate"] = tollgate
-            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8") + b"\n"
             try:
-                self._maybe_rotate(len(line))
-                self._file.write(line)
+                fcntl.flock(self._file, fcntl.LOCK_EX)
+                try:
+                    self._catch_up()
+                    tollgate["chain"]["prev"] = self._prev
+                    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8") + b"\n"
+                    self._maybe_rotate(len(line))
+                    self._file.write(line)
+                    self._known_size = self._file.tell()
+                finally:
+                    fcntl.flock(self._file, fcntl.LOCK_UN)
             except OSError as e:
                 raise AuditError(f"cannot write audit log {self.path}: {e.strerror}") from e
             self._prev = hashlib.sha256(line).hexdigest()
+
+    def _catch_up(self) -> None:
+        """Another process rotated the file or appended to it: continue from its last line."""
+        try:
+            rotated = os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
+        except FileNotFoundError:
+            rotated = True
+        if rotated:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._open()
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+            if os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino:
+                return self._catch_up()  # rotated again while we waited for the lock
+        size = self._file.seek(0, os.SEEK_END)
+        if size != self._known_size:
+            self._prev = _last_line_hash(self.path)
+            self._known_size = size
 
     def _maybe_rotate(self, incoming: int) -> None:
         size = self._file.tell()
         if size == 0 or size + incoming <= self.rotate_bytes:
             return
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        self._file.close()
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.{stamp}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.{stamp}"))  # still holding the lock
+        old = self._file
         self._file = open(self.path, "ab", buffering=0)
         os.chmod(self.path, 0o640)
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        fcntl.flock(old, fcntl.LOCK_UN)
+        old.close()
 
     def close(self) -> None:
         with self._lock:
@@ -74,16 +112,32 @@ def _now() -> str:
 
 
 def _last_line_hash(path: Path) -> str:
-    """Hash of the file's last complete line, so a restart continues the chain."""
+    """Hash of the log's last line, so a restart (or another process) continues the chain.
+
+    When the live file is empty, the chain continues from the newest rotated file.
+    """
+    own = _file_last_line_hash(path)
+    if own is not None:
+        return own
+    for rotated in sorted(path.parent.glob(path.name + ".*"), reverse=True):
+        previous = _file_last_line_hash(rotated)
+        if previous is not None:
+            return previous
+    return GENESIS
+
+
+def _file_last_line_hash(path: Path) -> str | None:
+    if not path.is_file():
+        return None
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             end = f.tell()
             if end == 0:
-                return GENESIS
+                return None
             f.seek(max(0, end - 65536))
             tail = f.read()
     except FileNotFoundError:
-        return GENESIS
+        return None
     # A torn last line (crash mid-write) is hashed as it is: the chain covers it too.
     return hashlib.sha256(tail.splitlines(keepends=True)[-1]).hexdigest()

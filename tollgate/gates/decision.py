@@ -37,6 +37,7 @@ class Reason(str, enum.Enum):
     UNINSPECTABLE = "uninspectable"
     BODY_TOO_LARGE = "body_too_large"
     INTERNAL_ERROR = "internal_error"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
     POLICY_UNAVAILABLE = "policy_unavailable"
 
 
@@ -55,6 +56,7 @@ STATUS = {
     Reason.TRANSPORT_ERROR: 502,
     Reason.BODY_TOO_LARGE: 413,
     Reason.INTERNAL_ERROR: 503,
+    Reason.AUDIT_UNAVAILABLE: 503,
     Reason.POLICY_UNAVAILABLE: 503,
 }
 

@@ -103,7 +103,7 @@ def fail_closed(kind: str) -> Callable:
                 frames = "".join(traceback.format_tb(e.__traceback__))
                 logger.error("tollgate: %s hook failed (%s); refusing the traffic\n%s", fn.__name__,
                              type(e).__name__, frames)
-                self._refuse_after_error(kind, data, fn.__name__)
+                self._refuse_after_error(kind, data, fn.__name__, e)
                 if kind == "tls":
                     raise exceptions.AddonHalt()
 
@@ -569,9 +569,14 @@ class Tollgate:
                                    url=flow.request.pretty_url if flow.request.method != "CONNECT" else None,
                                    method=flow.request.method, extra=extra))
 
-    def _refuse_after_error(self, kind: str, data: Any, hook: str) -> None:
+    def _refuse_after_error(self, kind: str, data: Any, hook: str, error: Exception) -> None:
         """Block whatever the failed hook was handling, then try to audit it."""
-        decision = Decision(Reason.INTERNAL_ERROR, f"internal error in the {hook} stage; the traffic was blocked")
+        if isinstance(error, AuditError):
+            logger.error("tollgate: %s; refusing traffic until the audit log can be written", error)
+            decision = Decision(Reason.AUDIT_UNAVAILABLE, "the audit log cannot be written; traffic is refused "
+                                "until it can (see the proxy's console log)")
+        else:
+            decision = Decision(Reason.INTERNAL_ERROR, f"internal error in the {hook} stage; the traffic was blocked")
         incident = new_incident_id()
         client = None
         try:
