@@ -19,7 +19,7 @@ from tests.support.upstream import Upstream
 # Every test name, all served by the same loopback upstream.
 TLS_NAMES = [
     "api.allowed.test", "x.wild.test", "deep.x.wild.test", "wild.test", "xn--bcher-kva.test",
-    "other.test", "passthrough.test", "unlisted.test", "h2.allowed.test", "xn--caf-dma.test", "rebind.test", "boom-connect.test", "boom-request.test",
+    "other.test", "passthrough.test", "unlisted.test", "h2.allowed.test", "xn--caf-dma.test", "rebind.test", "boom-connect.test", "boom-request.test", "boom-upstream.test",
 ]
 POLICY_TEMPLATE = """\
 version: 1

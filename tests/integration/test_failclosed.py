@@ -21,6 +21,10 @@ FAULT_POLICY = POLICY_TEMPLATE.replace("destinations:\n", """destinations:
     ports: [{tls}]
     clients: "*"
     mode: intercept
+  - host: boom-upstream.test
+    ports: [{tls}]
+    clients: "*"
+    mode: intercept
 """, 1)
 
 
@@ -64,6 +68,18 @@ def test_exception_in_request_gate_blocks(env, faulty):
     assert status == 503
     assert headers["x-tollgate-decision"] == "internal_error"
     assert not env.tls.requests
+
+
+def test_upstream_connection_without_an_approval_is_refused(env, faulty):
+    # The last gate: server_connect only opens connections a decision approved.
+    env.tls.clear()
+    connections = env.tls.connections
+    mark = faulty.mark()
+    sock, status, _, _ = connect_tunnel(faulty.port, f"boom-upstream.test:{env.tls.port}")
+    sock.close()
+    assert status == 502
+    assert env.tls.connections == connections
+    assert "upstream-refused" in [e["event"]["action"] for e in faulty.events_since(mark)]
 
 
 def test_mitmdump_way_allows_and_denies_like_tollgate_run(env, faulty):
