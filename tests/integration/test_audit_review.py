@@ -195,3 +195,20 @@ def test_html_report_in_a_real_browser(log, tmp_path):
                    capture_output=True, timeout=120)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not a blank
+
+
+def test_tail_follow_shows_new_events(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter(path)
+    writer.write({"event": {"action": "first-event"}})
+    follower = subprocess.Popen([str(BIN / "tollgate"), "audit", "tail", "--log", str(path), "-n", "1", "--follow"],
+                                stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert "first-event" in follower.stdout.readline() + follower.stdout.readline()
+        writer.write({"event": {"action": "live-event"}, "tollgate": {"client": "ops"}})
+        line = follower.stdout.readline()  # arrives within the 0.5 s poll
+        assert "live-event" in line and "ops" in line
+    finally:
+        follower.terminate()
+        follower.wait(10)
+        writer.close()
