@@ -1,4 +1,4 @@
-"""The `tollgate` command: run the proxy, manage the CA, review the audit log."""
+"""The `tollgate` command: run the proxy, manage the CA, check policies, review the audit log."""
 
 from __future__ import annotations
 
@@ -26,17 +26,26 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--proxyauth", default=None,
                      help="require proxy authentication, as mitmproxy's proxyauth: 'user:pass', '@htpasswd-file'")
     run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
-    from tollgate import audit_cli, ca_cli
+    from tollgate import audit_cli, ca_cli, policy_cli
 
     ca_cli.add_parser(sub)
+    policy_cli.add_parser(sub)
     audit_cli.add_parser(sub)
-    args = parser.parse_args(argv)
+    # `policy test FILE --client IP URL`: argparse leaves a positional after options unparsed.
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "policy_command", None) == "test" and args.url is None \
+            and len(extra) == 1 and not extra[0].startswith("-"):
+        args.url, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "run":
         return cmd_run(args)
     if args.command == "ca":
         return ca_cli.run(args)
     if args.command == "audit":
         return audit_cli.run(args)
+    if args.command == "policy":
+        return policy_cli.run(args)
     return 2  # pragma: no cover - argparse enforces the subcommand
 
 

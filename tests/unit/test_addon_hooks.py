@@ -11,6 +11,7 @@ from pathlib import Path
 from tollgate.dlp.engine import Engine
 from tollgate.gates.decision import Decision, Reason
 from tollgate.mitm.addon import Approval, ConnState, Tollgate
+from tollgate.mitm.runtime import Runtime
 from tollgate.policy.loader import load_policy
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "policies" / "example.yaml"
@@ -19,13 +20,13 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "policies" / "example.yaml"
 def approved_addon(flow) -> Tollgate:
     """An addon with the example policy, as if the flow's connection had been allowed."""
     addon = Tollgate()
-    addon.policy = load_policy(EXAMPLE)
-    addon.engine = Engine.for_policy(addon.policy.dlp)
+    policy = load_policy(EXAMPLE)
+    addon.runtime = Runtime(policy, Engine.for_policy(policy.dlp), None, Path("unused.pem"))
     addon.hmac_key = b"k" * 32
     addon.audit = _ListAudit()
-    rule = addon.policy.destinations[0]
-    addon.conns[flow.client_conn] = ConnState(tunnel=Approval("api.stripe.com", 443, "192.0.2.1",
-                                                              Decision(Reason.ALLOWED, "allowed", rule=rule)))
+    rule = policy.destinations[0]
+    addon.conns[flow.client_conn] = ConnState(runtime=addon.runtime, tunnel=Approval(
+        "api.stripe.com", 443, "192.0.2.1", Decision(Reason.ALLOWED, "allowed", rule=rule)))
     return addon
 
 

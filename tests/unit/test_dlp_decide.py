@@ -49,3 +49,39 @@ def test_decide(findings, destination, host, action, whys):
     decision = decide(findings, POLICY.dlp, destination, host)
     assert decision.action == action
     assert [j.why for j in decision.judged] == whys
+
+
+REPORT_DETECTOR = parse_policy(b"""
+version: 1
+clients: [{name: a, cidrs: [10.0.0.0/8]}]
+destinations: [{host: partner.example, clients: "*", mode: intercept}]
+dlp:
+  detectors:
+    payment_card: {action: redact, mode: report}
+    email: {action: report, block_at: 2}
+  custom:
+    - {id: case_ref, pattern: 'CASE-[0-9]{8}', action: block, mode: report}
+""")
+
+
+def test_report_only_request_keeps_what_it_would_have_done():
+    decision = decide([f("stripe_secret_key"), f("payment_card")], POLICY.dlp, PARTNER, "partner.example", report_only=True)
+    assert (decision.action, decision.would) == ("report", "block")
+    assert [(j.action, j.would) for j in decision.judged] == [("report", "block"), ("report", "redact")]
+
+
+def test_report_only_detectors_only_soften_themselves():
+    dlp, dest = REPORT_DETECTOR.dlp, REPORT_DETECTOR.destinations[0]
+    assert (decide([f("payment_card")], dlp, dest, "partner.example").action,
+            decide([f("payment_card")], dlp, dest, "partner.example").would) == ("report", "redact")
+    assert decide([f("case_ref")], dlp, dest, "partner.example").would == "block"
+    # an enforced detector in the same request still bites; would records the strongest
+    mixed = decide([f("case_ref"), f("email"), f("email")], dlp, dest, "partner.example")
+    assert (mixed.action, mixed.would) == ("block", None)
+    both = decide([f("case_ref"), f("payment_card")], dlp, dest, "partner.example")
+    assert (both.action, both.would) == ("report", "block")
+
+
+def test_enforced_decisions_have_no_would():
+    decision = decide([f("stripe_secret_key")], POLICY.dlp, PARTNER, "partner.example")
+    assert (decision.action, decision.would) == ("block", None)

@@ -51,18 +51,22 @@ def decision_event(
     method: str | None = None,
     incident: str | None = None,
     extra: dict[str, Any] | None = None,
+    enforced: bool = True,
 ) -> dict[str, Any]:
-    """One decision as an ECS event. ``action`` is e.g. 'connection-denied'."""
+    """One decision as an ECS event. ``action`` is e.g. 'connection-denied'.
+
+    ``enforced=False``: report-only mode let the traffic pass although ``decision`` refuses it
+    (a would-deny): the outcome is success and ``tollgate.enforcement`` says "report"."""
     event: dict[str, Any] = {
         "event": {
             "kind": "event",
             "category": ["network"],
             "action": action,
-            "outcome": "success" if decision.allowed else "failure",
+            "outcome": "success" if decision.allowed or not enforced else "failure",
             "reason": decision.reason.value,
         },
         "message": decision.message,
-        "tollgate": {"stage": stage},
+        "tollgate": {"stage": stage} if enforced else {"stage": stage, "enforcement": "report"},
     }
     if source:
         event["source"] = {"ip": source[0], "port": source[1]}
@@ -93,10 +97,10 @@ def decision_event(
     return event
 
 
-def lifecycle_event(action: str, message: str, **tollgate: Any) -> dict[str, Any]:
-    """Proxy started/stopped, policy loaded: not tied to a connection."""
+def lifecycle_event(action: str, message: str, outcome: str = "success", **tollgate: Any) -> dict[str, Any]:
+    """Proxy started/stopped, policy loaded or reloaded: not tied to a connection."""
     return {
-        "event": {"kind": "event", "category": ["configuration"], "action": action, "outcome": "success"},
+        "event": {"kind": "event", "category": ["configuration"], "action": action, "outcome": outcome},
         "message": message,
         "tollgate": tollgate,
     }

@@ -8,6 +8,8 @@ Precedence for each finding, in order:
 Then ``block_at``: a detector with that many findings in one request blocks. The request's
 action is the strongest: block > redact > report > allow. A redaction that cannot be made in
 place (inside an encoded layer, a multipart part or a binary body) becomes a block.
+Last, report-only (``mode: report`` on the policy, the destination or the detector): a block
+or redact becomes a report that remembers what it ``would`` have been.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ class Judged:
     finding: Finding
     action: str  # "ignore", "report", "redact", "block"
     why: str  # "allowed_for_destination", "own_issuer", "placeholder", "policy", "block_at", "not_redactable"
+    would: str | None = None  # the enforced action this report-only finding stands for
 
 
 @dataclass(frozen=True)
 class DlpDecision:
-    action: str  # "allow", "report", "redact", "block"
+    action: str  # "allow", "report", "redact", "block": what is done
     judged: tuple[Judged, ...]
+    would: str | None = None  # set when report-only mode kept a stronger action from being done
 
     @property
     def detectors(self) -> list[str]:
@@ -57,8 +61,11 @@ def _issuer_matches(host: str, issuers: tuple[str, ...]) -> bool:
     return any(host == i or (i.startswith(".") and host.endswith(i)) for i in issuers)
 
 
-def decide(findings: list[Finding], dlp: DlpSettings, destination: Destination | None, host: str) -> DlpDecision:
+def decide(findings: list[Finding], dlp: DlpSettings, destination: Destination | None, host: str,
+           report_only: bool = False) -> DlpDecision:
     custom_actions = {c.id: c.action for c in dlp.custom}
+    report_detectors = {k for k, s in dlp.detectors.items() if s.mode == "report"} | {
+        c.id for c in dlp.custom if c.mode == "report"}
     judged: list[Judged] = []
     for f in findings:
         if destination is not None and f.detector in destination.dlp_allow:
@@ -79,5 +86,13 @@ def decide(findings: list[Finding], dlp: DlpSettings, destination: Destination |
         setting = dlp.detectors.get(j.finding.detector)
         if setting and setting.block_at and counts[j.finding.detector] >= setting.block_at and j.action != "ignore":
             judged[i] = Judged(j.finding, "block", "block_at")
-    action = max((j.action for j in judged if j.action != "ignore"), key=_RANK.__getitem__, default="allow")
-    return DlpDecision(action, tuple(judged))
+    enforced_action = _strongest(j.action for j in judged)
+    for i, j in enumerate(judged):
+        if j.action in ("block", "redact") and (report_only or j.finding.detector in report_detectors):
+            judged[i] = Judged(j.finding, "report", j.why, would=j.action)
+    action = _strongest(j.action for j in judged)
+    return DlpDecision(action, tuple(judged), would=enforced_action if enforced_action != action else None)
+
+
+def _strongest(actions) -> str:
+    return max((a for a in actions if a != "ignore"), key=_RANK.__getitem__, default="allow")

@@ -41,13 +41,14 @@ class Outcome:
     uninspectable: str | None = None  # reason code when the content could not be inspected
     message: str = ""
     findings: list[dict] = field(default_factory=list)  # masked, for the audit log
+    would: str | None = None  # report-only: the action the policy would have taken
     path: str | None = None  # rewritten request parts after a redaction
     headers: list[tuple[str, str]] | None = None
     body: bytes | None = None  # decoded body: the hook re-applies Content-Encoding
 
 
 def inspect_request(engine: Engine, dlp: DlpSettings, key: bytes, facts: RequestFacts,
-                    evidence_key: X25519PublicKey | None = None) -> Outcome:
+                    evidence_key: X25519PublicKey | None = None, report_only: bool = False) -> Outcome:
     if len(facts.body) > dlp.max_body_bytes:
         return Outcome("uninspectable", uninspectable="too_large", message="the body is larger than dlp.max_body_bytes")
     try:
@@ -63,8 +64,9 @@ def inspect_request(engine: Engine, dlp: DlpSettings, key: bytes, facts: Request
     stacked = "," in facts.content_encoding
     if stacked:  # the proxy cannot re-encode stacked encodings: no rewriting in place
         findings = [dataclasses.replace(f, rewritable=False, slot=-1) for f in findings]
-    decision = decide(findings, dlp, facts.destination, facts.host)
-    outcome = Outcome(decision.action, decision, findings=[audit_view(j, key, evidence_key) for j in decision.judged])
+    decision = decide(findings, dlp, facts.destination, facts.host, report_only)
+    outcome = Outcome(decision.action, decision, findings=[audit_view(j, key, evidence_key) for j in decision.judged],
+                      would=decision.would)
     if decision.action == "redact":
         apply_redactions(content, decision)
         query = content.query_string()
@@ -74,7 +76,8 @@ def inspect_request(engine: Engine, dlp: DlpSettings, key: bytes, facts: Request
 
 
 def inspect_message(engine: Engine, dlp: DlpSettings, key: bytes, text: str, host: str,
-                    destination: Destination | None, evidence_key: X25519PublicKey | None = None) -> tuple[Outcome, str]:
+                    destination: Destination | None, evidence_key: X25519PublicKey | None = None,
+                    report_only: bool = False) -> tuple[Outcome, str]:
     """A WebSocket message: (outcome, the redacted text when the action is redact)."""
     holder = {"text": text}
     slot = Slot("websocket", text, replace=lambda new: holder.__setitem__("text", new))
@@ -84,8 +87,9 @@ def inspect_message(engine: Engine, dlp: DlpSettings, key: bytes, text: str, hos
         return Outcome("uninspectable", uninspectable="scan_incomplete", message=str(e)), text
     except Uninspectable as e:
         return Outcome("uninspectable", uninspectable=e.reason, message=str(e)), text
-    decision = decide(findings, dlp, destination, host)
-    outcome = Outcome(decision.action, decision, findings=[audit_view(j, key, evidence_key) for j in decision.judged])
+    decision = decide(findings, dlp, destination, host, report_only)
+    outcome = Outcome(decision.action, decision, findings=[audit_view(j, key, evidence_key) for j in decision.judged],
+                      would=decision.would)
     if decision.action == "redact":
         content = RequestContent("", [], [], "none", None, slots=[slot])
         apply_redactions(content, decision)
@@ -147,6 +151,8 @@ def audit_view(judged, key: bytes, evidence_key: X25519PublicKey | None = None) 
         "why": judged.why, "preview": mask(f.detector, f.value, _SECRET.get(f.detector, True)),
         "fingerprint": fingerprint(key, f.value),
     }
+    if judged.would:
+        view["would"] = judged.would
     if evidence_key is not None:
         view["evidence"] = seal(evidence_key, f.context.encode("utf-8", "surrogateescape"))
     return view

@@ -14,7 +14,8 @@ from tollgate.policy.hosts import HostError, display_host, host_matches, normali
 from tollgate.policy.model import ClientGroup, Destination, Policy
 
 
-def decide_destination(policy: Policy, client: ClientGroup, host: str, port: int) -> Decision:
+def decide_destination(policy: Policy, client: ClientGroup | None, host: str, port: int) -> Decision:
+    """``client`` None: an unknown client, only asked in report-only mode; no client-list entry admits it."""
     try:
         ip = parse_ip_literal(host)
     except ValueError as e:
@@ -40,7 +41,7 @@ def decide_destination(policy: Policy, client: ClientGroup, host: str, port: int
     return _pick(candidates, client, shown, port)
 
 
-def _pick(candidates: list[Destination], client: ClientGroup, shown: str, port: int) -> Decision:
+def _pick(candidates: list[Destination], client: ClientGroup | None, shown: str, port: int) -> Decision:
     port_ok = [d for d in candidates if port in d.ports]
     if not port_ok:
         ports = sorted({p for d in candidates for p in d.ports})
@@ -48,7 +49,7 @@ def _pick(candidates: list[Destination], client: ClientGroup, shown: str, port: 
                         f"port {port} is not allowed for {shown} (allowed: {', '.join(map(str, ports))})",
                         rule=candidates[0], client=client)
     for d in port_ok:
-        if d.clients is None or client.name in d.clients:
+        if d.clients is None or (client is not None and client.name in d.clients):
             return Decision(Reason.ALLOWED, f"{shown}:{port} allowed by {d.rule_id}", rule=d, client=client)
-    return Decision(Reason.CLIENT_NOT_ALLOWED, f"client {client.name!r} may not reach {shown}:{port}",
-                    rule=port_ok[0], client=client)
+    who = f"client {client.name!r}" if client else "an unknown client"
+    return Decision(Reason.CLIENT_NOT_ALLOWED, f"{who} may not reach {shown}:{port}", rule=port_ok[0], client=client)

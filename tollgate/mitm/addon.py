@@ -13,6 +13,7 @@ import functools
 import inspect
 import ipaddress
 import logging
+import signal
 import traceback
 import weakref
 from dataclasses import dataclass, field
@@ -24,10 +25,9 @@ from mitmproxy.proxy import server_hooks
 from OpenSSL import SSL
 
 from tollgate.audit.events import decision_event, lifecycle_event, new_incident_id
-from tollgate.audit.evidence import load_public_key
+from tollgate.audit.evidence import EvidenceError
 from tollgate.audit.fingerprint import load_or_create_key
 from tollgate.audit.writer import AuditError, AuditWriter
-from tollgate.dlp.engine import Engine
 from tollgate.dlp.inspect import Outcome, RequestFacts, inspect_message, inspect_request
 from tollgate.gates.address import ResolveError, choose_address, parse_ip_literal, resolve
 from tollgate.gates.client import identify_client
@@ -36,18 +36,19 @@ from tollgate.gates.destination import decide_destination
 from tollgate.gates.request import check_authorities, check_sni
 from tollgate.mitm.hardening import review_options
 from tollgate.mitm.responses import error_response
+from tollgate.mitm.runtime import ReloadError, Runtime, build_runtime, check_replaceable, file_signature
 from tollgate.policy.hosts import normalize_host
-from tollgate.policy.loader import PolicyError, load_policy
+from tollgate.policy.loader import PolicyError
 from tollgate.policy.model import Policy
-from tollgate.tls.ca import CaError, check_proxy_ca
+from tollgate.tls.ca import CaError
 from tollgate.tls.pins import CertFacts, chain_matches_pins
-from tollgate.tls.scope import intercept_scope
-from tollgate.tls.trust import TrustError, build_bundle
+from tollgate.tls.trust import TrustError
 
 logger = logging.getLogger("tollgate")
 
 TLS_VERSIONS = {"1.2": "TLS1_2", "1.3": "TLS1_3"}
 DLP_TIMEOUT = 30.0  # seconds for one request's scan; longer is uninspectable, not a pass
+WATCH_SETTLE = 0.3  # seconds a changed policy file must stay unchanged before it is reloaded
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Approval:
 class ConnState:
     """What Tollgate knows about one client connection."""
 
+    runtime: Runtime | None = None  # the policy the connection started under; kept across reloads
     tunnel: Approval | None = None  # set by an allowed CONNECT
     plain: dict[tuple[str, int], Approval] = field(default_factory=dict)  # plain-HTTP destinations
     tls_refused: bool = False
@@ -116,13 +118,19 @@ class Tollgate:
     name = "tollgate"
 
     def __init__(self) -> None:
-        self.policy: Policy | None = None
+        self.runtime: Runtime | None = None  # for new connections; swapped whole on reload
         self.audit: AuditWriter | None = None
         self.conns: weakref.WeakKeyDictionary[connection.Client, ConnState] = weakref.WeakKeyDictionary()
         self.own_endpoints: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]] = []
-        self.engine: Engine | None = None
         self.hmac_key: bytes = b""
-        self.evidence_key: Any = None  # the reviewer's public key, when the policy names one
+        self._reload_lock = asyncio.Lock()
+        self._watched: tuple[int, int, int] | None = None  # the policy file's signature when last read
+        self._watcher: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def policy(self) -> Policy | None:
+        return self.runtime.policy if self.runtime else None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -130,6 +138,8 @@ class Tollgate:
         loader.add_option("tollgate_policy", str, "", "Tollgate policy file, e.g. policies/example.yaml")
         loader.add_option("tollgate_audit_path", str, "",
                           "Audit log file; default: the policy's audit.path, e.g. var/audit/audit.jsonl")
+        loader.add_option("tollgate_reload_interval", float, 1.0,
+                          "Seconds between checks of the policy file for changes (0: reload on SIGHUP only)")
 
     def configure(self, updated: set[str]) -> None:
         changes, errors = review_options({k: getattr(ctx.options, k) for k in updated if k in ctx.options})
@@ -146,41 +156,93 @@ class Tollgate:
         path = ctx.options.tollgate_policy
         if not path:
             return  # `running` refuses to serve without a policy
-        try:
-            policy = load_policy(path)
-        except PolicyError as e:
-            raise exceptions.OptionsError(f"policy {path} is invalid:\n{e}") from None
-        try:
-            check_proxy_ca(Path(ctx.options.confdir).expanduser(), intercept_scope(policy))
-        except CaError as e:
-            raise exceptions.OptionsError(str(e)) from None
         confdir = Path(ctx.options.confdir).expanduser()
         try:
-            bundle = build_bundle(policy.upstream.extra_ca_files, confdir)
+            runtime = build_runtime(path, confdir)
             hmac_key = load_or_create_key(confdir)
-        except (TrustError, OSError) as e:
+        except PolicyError as e:
+            raise exceptions.OptionsError(f"policy {path} is invalid:\n{e}") from None
+        except (CaError, TrustError, EvidenceError, OSError) as e:
             raise exceptions.OptionsError(str(e)) from None
+        policy = runtime.policy
         try:  # opened last: nothing after it can fail and leave it open
             audit = AuditWriter(ctx.options.tollgate_audit_path or policy.audit.path, policy.audit.rotate_bytes)
         except AuditError as e:
             raise exceptions.OptionsError(str(e)) from None
-        engine = Engine.for_policy(policy.dlp)
-        evidence_key = load_public_key(policy.audit.evidence_public_key) if policy.audit.evidence_public_key else None
-        ctx.options.update(
-            ssl_verify_upstream_trusted_ca=str(bundle),
-            tls_version_server_min=TLS_VERSIONS[policy.upstream.min_tls_version],
-            # A hard cap on what mitmproxy buffers; Content-Length above the policy's limit is
-            # refused earlier, in requestheaders, with a JSON answer.
-            body_size_limit=str(policy.dlp.max_body_bytes + 1024 * 1024),
-        )
-        old_audit, self.policy, self.audit = self.audit, policy, audit
-        self.engine, self.hmac_key, self.evidence_key = engine, hmac_key, evidence_key
+        self._apply_options(runtime)
+        old_audit, self.runtime, self.audit, self.hmac_key = self.audit, runtime, audit, hmac_key
         if old_audit:
             old_audit.close()
+        self._watched = file_signature(path)
         self._write(lifecycle_event("policy-loaded", f"policy {path} loaded", policy={"path": path, "sha256": policy.sha256}))
 
+    def _apply_options(self, runtime: Runtime) -> None:
+        """The mitmproxy options a policy sets; they apply to upstream handshakes made from now on."""
+        ctx.options.update(
+            ssl_verify_upstream_trusted_ca=str(runtime.trust_bundle),
+            tls_version_server_min=TLS_VERSIONS[runtime.policy.upstream.min_tls_version],
+            # A hard cap on what mitmproxy buffers; Content-Length above the policy's limit is
+            # refused earlier, in requestheaders, with a JSON answer.
+            body_size_limit=str(runtime.policy.dlp.max_body_bytes + 1024 * 1024),
+        )
+
+    # --- hot reload -------------------------------------------------------------------
+
+    async def reload(self, trigger: str) -> bool:
+        """Validate the policy file fully, then swap it in whole; a bad file changes nothing.
+        New connections get the new policy; open connections keep theirs."""
+        async with self._reload_lock:
+            path, old = ctx.options.tollgate_policy, self.runtime
+            if old is None:
+                return False
+            self._watched = file_signature(path)
+            confdir = Path(ctx.options.confdir).expanduser()
+            try:
+                runtime = await asyncio.to_thread(build_runtime, path, confdir)
+                check_replaceable(old.policy, runtime.policy, ctx.options.tollgate_audit_path)
+            except (PolicyError, CaError, TrustError, EvidenceError, ReloadError, OSError) as e:
+                error = f"{type(e).__name__}: {e}" if isinstance(e, OSError) else str(e)
+                logger.error("tollgate: policy %s not reloaded (%s); the running policy stays in force:\n%s",
+                             path, trigger, error)
+                self._write(lifecycle_event(
+                    "policy-reload-failed", f"policy {path} was not reloaded; the running policy stays in force",
+                    outcome="failure", trigger=trigger, error=error,
+                    policy={"path": path, "sha256": old.policy.sha256}))
+                return False
+            if runtime.policy.sha256 == old.policy.sha256:
+                return True  # touched, not changed
+            self._apply_options(runtime)
+            self.runtime = runtime
+            logger.warning("tollgate: policy %s reloaded (%s): %s → %s", path, trigger,
+                           old.policy.sha256[:12], runtime.policy.sha256[:12])
+            self._write(lifecycle_event(
+                "policy-reloaded", f"policy {path} reloaded; new connections use it", trigger=trigger,
+                policy={"path": path, "sha256": runtime.policy.sha256, "previous_sha256": old.policy.sha256}))
+            return True
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, interval: float) -> None:
+        """Poll the policy file; reload once a change has settled (editors write in steps)."""
+        path = ctx.options.tollgate_policy
+        while True:
+            await asyncio.sleep(interval)
+            seen = file_signature(path)
+            if seen == self._watched:
+                continue
+            await asyncio.sleep(WATCH_SETTLE)
+            if file_signature(path) != seen:
+                continue  # still being written: look again next time
+            try:
+                await self.reload("file-changed")
+            except Exception:
+                logger.exception("tollgate: policy reload failed; the running policy stays in force")
+
     def running(self) -> None:
-        if self.policy is None:
+        if self.runtime is None:
             # An error logged during start-up makes mitmproxy exit (errorcheck addon).
             logger.error("tollgate: no policy loaded; set it with --set tollgate_policy=policies/example.yaml")
             return
@@ -191,11 +253,21 @@ class Tollgate:
             ip = ipaddress.ip_address(host)
             self.own_endpoints.append((None if ip.is_unspecified else ip, port))
         listen = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p, *_ in addrs]
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload("sighup")))
+        except (NotImplementedError, RuntimeError, ValueError):
+            logger.warning("tollgate: no SIGHUP handler here; the policy file is still watched")
+        if ctx.options.tollgate_reload_interval > 0 and self._watcher is None:
+            self._watcher = loop.create_task(self._watch(ctx.options.tollgate_reload_interval))
         self._write(lifecycle_event("proxy-started", "Tollgate is running", listen=listen))
         # Printed, not logged: scripts and tests wait for this line whatever the log level.
         print(f"tollgate: listening on {', '.join(listen)}", flush=True)
 
     def done(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+            self._watcher = None
         if self.audit:
             try:
                 self._write(lifecycle_event("proxy-stopped", "Tollgate stopped"))
@@ -204,6 +276,9 @@ class Tollgate:
                 self.audit = None
 
     # --- stage 1+2: CONNECT -----------------------------------------------------------
+
+    def client_connected(self, client: connection.Client) -> None:
+        self._state(client)  # the connection keeps the policy in force now, whatever reloads follow
 
     @fail_closed("http")
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -239,7 +314,9 @@ class Tollgate:
         tunnel = state.tunnel if state else None
         if tunnel is None:
             self._refuse_tls(data.context.client, Decision(Reason.NOT_VIA_PROXY, "TLS without an allowed CONNECT"), None)
-        passthrough = tunnel.decision.rule is not None and tunnel.decision.rule.mode == "passthrough"
+        # No rule: an unlisted destination let through by report-only mode. The CA may not sign
+        # its name, so it is tunnelled, never decrypted.
+        passthrough = tunnel.decision.rule is None or tunnel.decision.rule.mode == "passthrough"
         refusal = check_sni(tunnel.host, data.client_hello.sni, passthrough=passthrough, is_ip=tunnel.is_ip)
         if refusal:
             refusal = Decision(refusal.reason, refusal.message, rule=tunnel.decision.rule, client=tunnel.decision.client)
@@ -386,21 +463,28 @@ class Tollgate:
     # --- stage 6: DLP -----------------------------------------------------------------
 
     def _check_declared_size(self, flow: http.HTTPFlow, approval: Approval) -> None:
-        """A declared body over the limit is answered before it is read (block policy only)."""
+        """A declared body over the limit is answered before it is read (block policy only).
+        A memory safeguard: enforced in report-only mode too."""
         declared = flow.request.headers.get("content-length", "")
-        policy = self.policy
-        if policy and declared.isdigit() and int(declared) > policy.dlp.max_body_bytes \
-                and policy.dlp.uninspectable == "block":
+        policy = self._runtime(flow).policy
+        if declared.isdigit() and int(declared) > policy.dlp.max_body_bytes and policy.dlp.uninspectable == "block":
             self._deny(flow, Decision(Reason.BODY_TOO_LARGE, f"the body is larger than the {policy.dlp.max_body_bytes}-byte "
                                       "limit (dlp.max_body_bytes) and cannot be inspected",
                                       rule=approval.decision.rule, client=approval.decision.client),
                        "request-uninspectable", "dlp", approval.host, approval.port)
 
+    def _runtime(self, flow: http.HTTPFlow) -> Runtime:
+        state = self.conns.get(flow.client_conn)
+        if state is None or state.runtime is None:
+            raise RuntimeError("a flow on a connection without a policy")
+        return state.runtime
+
     async def _inspect(self, flow: http.HTTPFlow) -> None:
         approval = self._approval_of(flow)
-        policy, engine = self.policy, self.engine
-        if approval is None or policy is None or engine is None:
-            raise RuntimeError("DLP without an approved destination or a loaded policy")
+        if approval is None:
+            raise RuntimeError("DLP without an approved destination")
+        runtime = self._runtime(flow)
+        report_only = runtime.policy.report_only(approval.decision.rule)
         facts = RequestFacts(
             path=flow.request.path, headers=list(flow.request.headers.items(multi=True)),
             body=flow.request.raw_content or b"", content_encoding=flow.request.headers.get("content-encoding", ""),
@@ -408,22 +492,28 @@ class Tollgate:
             destination=approval.decision.rule)
         try:
             outcome = await asyncio.wait_for(
-                asyncio.to_thread(inspect_request, engine, policy.dlp, self.hmac_key, facts, self.evidence_key),
+                asyncio.to_thread(inspect_request, runtime.engine, runtime.policy.dlp, self.hmac_key, facts,
+                                  runtime.evidence_key, report_only),
                 DLP_TIMEOUT)
         except asyncio.TimeoutError:
             outcome = Outcome("uninspectable", uninspectable="scan_timeout", message="the scan took too long")
-        self._apply_outcome(flow, approval, outcome)
+        self._apply_outcome(flow, approval, outcome, runtime.policy.dlp.uninspectable == "block", report_only)
 
-    def _apply_outcome(self, flow: http.HTTPFlow, approval: Approval, outcome: Outcome) -> None:
-        policy = self.policy
+    def _apply_outcome(self, flow: http.HTTPFlow, approval: Approval, outcome: Outcome, block_uninspectable: bool,
+                       report_only: bool) -> None:
         rule, client = approval.decision.rule, approval.decision.client
         extra: dict[str, Any] = {"dlp": {"findings": outcome.findings}} if outcome.findings else {}
+        if outcome.would:
+            extra.setdefault("dlp", {})["would"] = outcome.would
         if outcome.action == "uninspectable":
             extra = {"dlp": {"uninspectable": outcome.uninspectable}}
             decision = Decision(Reason.BODY_TOO_LARGE if outcome.uninspectable == "too_large" else Reason.UNINSPECTABLE,
                                 f"the request cannot be inspected: {outcome.message}", rule=rule, client=client)
-            if policy.dlp.uninspectable == "block":
+            if block_uninspectable and not report_only:
                 self._deny(flow, decision, "request-uninspectable", "dlp", approval.host, approval.port, extra=extra)
+            elif block_uninspectable:
+                extra["dlp"]["would"] = "block"
+                self._audit_flow(flow, approval, "request-would-block", decision, extra, enforced=False)
             else:
                 self._audit_flow(flow, approval, "request-uninspectable", decision, extra)
             return
@@ -441,6 +531,11 @@ class Tollgate:
             self._audit_flow(flow, approval, "request-redacted",
                              Decision(Reason.ALLOWED, "forwarded with " + ", ".join(detectors) + " redacted", rule=rule,
                                       client=client), extra)
+        elif outcome.action == "report" and outcome.would:
+            self._audit_flow(flow, approval, f"request-would-{outcome.would}", Decision(
+                Reason.DLP_BLOCKED if outcome.would == "block" else Reason.ALLOWED,
+                f"report-only: forwarded unchanged; would {outcome.would}: " + ", ".join(detectors),
+                rule=rule, client=client), extra, enforced=False)
         elif outcome.action == "report":
             self._audit_flow(flow, approval, "request-reported",
                              Decision(Reason.ALLOWED, "forwarded; findings reported: " + ", ".join(detectors), rule=rule,
@@ -452,15 +547,25 @@ class Tollgate:
         if not message.from_client:
             return
         approval = self._approval_of(flow)
-        if approval is None or self.engine is None:
+        if approval is None:
             raise RuntimeError("WebSocket message without an approved destination")
+        runtime = self._runtime(flow)
+        report_only = runtime.policy.report_only(approval.decision.rule)
         text = message.text if message.is_text else message.content.decode("latin-1")
-        outcome, redacted = await asyncio.to_thread(inspect_message, self.engine, self.policy.dlp, self.hmac_key, text,
-                                                    approval.host, approval.decision.rule, self.evidence_key)
-        extra = {"dlp": {"findings": outcome.findings}, "websocket": True}
+        outcome, redacted = await asyncio.to_thread(inspect_message, runtime.engine, runtime.policy.dlp, self.hmac_key,
+                                                    text, approval.host, approval.decision.rule, runtime.evidence_key,
+                                                    report_only)
+        extra: dict[str, Any] = {"dlp": {"findings": outcome.findings}, "websocket": True}
+        if outcome.would:
+            extra["dlp"]["would"] = outcome.would
         detectors = outcome.decision.detectors if outcome.decision else []
         rule, client = approval.decision.rule, approval.decision.client
-        if outcome.action in ("block", "uninspectable") or (outcome.action == "redact" and not message.is_text):
+        if report_only and outcome.action == "uninspectable":
+            extra["dlp"]["would"] = "block"
+            self._audit_flow(flow, approval, "message-would-block", Decision(
+                Reason.UNINSPECTABLE, "report-only: WebSocket message forwarded; would drop it: uninspectable",
+                rule=rule, client=client), extra, enforced=False)
+        elif outcome.action in ("block", "uninspectable") or (outcome.action == "redact" and not message.is_text):
             message.drop()  # a WebSocket cannot be answered with a 403: the message is not forwarded
             self._audit_flow(flow, approval, "message-blocked", Decision(
                 Reason.DLP_BLOCKED, "WebSocket message dropped: " + ", ".join(detectors or ["uninspectable"]),
@@ -470,6 +575,11 @@ class Tollgate:
             self._audit_flow(flow, approval, "message-redacted", Decision(
                 Reason.ALLOWED, "WebSocket message forwarded with " + ", ".join(detectors) + " redacted",
                 rule=rule, client=client), extra)
+        elif outcome.action == "report" and outcome.would:
+            self._audit_flow(flow, approval, f"message-would-{outcome.would}", Decision(
+                Reason.DLP_BLOCKED if outcome.would == "block" else Reason.ALLOWED,
+                f"report-only: WebSocket message forwarded unchanged; would {outcome.would}: " + ", ".join(detectors),
+                rule=rule, client=client), extra, enforced=False)
         elif outcome.action == "report":
             self._audit_flow(flow, approval, "message-reported", Decision(
                 Reason.ALLOWED, "WebSocket message forwarded; findings reported", rule=rule, client=client), extra)
@@ -483,10 +593,10 @@ class Tollgate:
         return state.approval_for((flow.request.host, flow.request.port))
 
     def _audit_flow(self, flow: http.HTTPFlow, approval: Approval, action: str, decision: Decision,
-                    extra: dict[str, Any], incident: str | None = None) -> None:
+                    extra: dict[str, Any], incident: str | None = None, enforced: bool = True) -> None:
         self._write(decision_event(action, decision, stage="dlp", source=_peer(flow.client_conn), host=approval.host,
                                    port=approval.port, ip=approval.ip, url=_request_url(flow, approval),
-                                   method=flow.request.method, incident=incident, extra=extra))
+                                   method=flow.request.method, incident=incident, extra=extra, enforced=enforced))
 
     # --- anything that is not HTTP ----------------------------------------------------
 
@@ -509,22 +619,30 @@ class Tollgate:
     # --- shared steps -----------------------------------------------------------------
 
     async def _admit(self, flow: http.HTTPFlow, host: str, port: int, what: str) -> Approval | None:
-        """Client gate, destination gate and address gate. Answers the flow when refused."""
-        policy = self.policy
+        """Client gate, destination gate and address gate. Answers the flow when refused.
+
+        Report-only (the policy's or the entry's `mode: report`) lets a client or destination
+        refusal through as a would-deny; the address gate is a safeguard and always enforced."""
+        runtime = self._state(flow.client_conn).runtime
         action = f"{what}-denied"
-        if policy is None:
+        if runtime is None:
             self._deny(flow, Decision(Reason.POLICY_UNAVAILABLE, "no policy is loaded"), action, "client", host, port)
             return None
+        policy = runtime.policy
         user = _verified_user(flow)
         client = identify_client(policy, flow.client_conn.peername[0], user)
+        refusal: tuple[Decision, str] | None = None
         if client is None:
-            self._deny(flow, Decision(Reason.CLIENT_UNKNOWN, "this client is not listed in the policy"),
-                       "client-refused", "client", host, port)
-            return None
+            refusal = Decision(Reason.CLIENT_UNKNOWN, "this client is not listed in the policy"), "client"
+            if policy.mode != "report":
+                self._deny(flow, refusal[0], "client-refused", "client", host, port)
+                return None
         decision = decide_destination(policy, client, host, port)
         if not decision.allowed:
-            self._deny(flow, decision, action, "destination", host, port)
-            return None
+            if not policy.report_only(decision.rule):
+                self._deny(flow, decision, action, "destination", host, port)
+                return None
+            refusal = refusal or (decision, "destination")
         name = _normalised(host)
         try:
             addresses = await resolve(name, port, policy.network)
@@ -540,19 +658,22 @@ class Tollgate:
                        action, "address", host, port, extra={"refused": [f"{a} {getattr(r, 'value', r)}" for a, r in refused]})
             return None
         approval = Approval(name, port, str(ip), decision)
-        self._write(decision_event(f"{what}-allowed", decision, stage="destination", source=_peer(flow.client_conn),
-                                   user=user, host=name, port=port, ip=str(ip),
+        shown, stage = refusal if refusal else (decision, "destination")
+        self._write(decision_event(f"{what}-would-deny" if refusal else f"{what}-allowed", shown, stage=stage,
+                                   source=_peer(flow.client_conn), user=user, host=name, port=port, ip=str(ip),
                                    url=flow.request.pretty_url if what == "request" else None,
-                                   method=flow.request.method if what == "request" else None))
+                                   method=flow.request.method if what == "request" else None, enforced=not refusal))
         return approval
 
     def _approve(self, flow: http.HTTPFlow, approval: Approval) -> None:
         flow.metadata["tollgate"] = {"approved": True, "client": approval.decision.client.name if approval.decision.client else None,
                                      "rule": approval.decision.rule.rule_id if approval.decision.rule else None}
         if approval is self._tunnel(flow):
-            self._write(decision_event("request-allowed", approval.decision, stage="request", source=_peer(flow.client_conn),
-                                       host=approval.host, port=approval.port, ip=approval.ip,
-                                       url=_request_url(flow, approval), method=flow.request.method))
+            allowed = approval.decision.allowed  # else a report-only tunnel: each request is a would-deny
+            self._write(decision_event("request-allowed" if allowed else "request-would-deny", approval.decision,
+                                       stage="request", source=_peer(flow.client_conn), host=approval.host,
+                                       port=approval.port, ip=approval.ip, url=_request_url(flow, approval),
+                                       method=flow.request.method, enforced=allowed))
 
     def _tunnel(self, flow: http.HTTPFlow) -> Approval | None:
         state = self.conns.get(flow.client_conn)
@@ -608,7 +729,7 @@ class Tollgate:
     def _state(self, client: connection.Client) -> ConnState:
         state = self.conns.get(client)
         if state is None:
-            state = self.conns[client] = ConnState()
+            state = self.conns[client] = ConnState(runtime=self.runtime)
         return state
 
     def _write(self, event: dict[str, Any]) -> None:

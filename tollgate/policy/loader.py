@@ -213,15 +213,15 @@ def _compile(spec: PolicySpec, filename: str, sha256: str, lines: dict[Path_, in
             rule_id = str(cidr)
         destinations.append(model.Destination(
             rule_id=rule_id, host=name, wildcard=wildcard, cidr=cidr, ports=tuple(d.ports),
-            clients=None if d.clients == ["*"] else frozenset(d.clients), mode=d.mode,
+            clients=None if d.clients == ["*"] else frozenset(d.clients), mode=d.mode, enforcement=d.enforcement,
             owner=d.owner, justification=d.justification, review_by=d.review_by,
             pins=tuple(d.pins), dlp_allow=frozenset(d.dlp.allow) if d.dlp else frozenset(),
             line=lines.get(("destinations", i), 0),
         ))
     dlp = model.DlpSettings(
         default_action=spec.dlp.default_action,
-        detectors={k: model.DetectorSetting(v.action, v.block_at) for k, v in spec.dlp.detectors.items()},
-        custom=tuple(model.CustomDetector(c.id, c.pattern, tuple(c.keywords), c.action, c.validator,
+        detectors={k: model.DetectorSetting(v.action, v.block_at, v.mode) for k, v in spec.dlp.detectors.items()},
+        custom=tuple(model.CustomDetector(c.id, c.pattern, tuple(c.keywords), c.action, c.validator, c.mode,
                                    line=lines.get(("dlp", "custom", i), 0))
                      for i, c in enumerate(spec.dlp.custom)),
         uninspectable=spec.dlp.uninspectable,
@@ -239,5 +239,5 @@ def _compile(spec: PolicySpec, filename: str, sha256: str, lines: dict[Path_, in
         version=spec.version, clients=clients, destinations=tuple(destinations), dlp=dlp, network=network,
         upstream=model.UpstreamSettings(tuple(spec.upstream.extra_ca_files), spec.upstream.min_tls_version),
         audit=model.AuditSettings(spec.audit.path, spec.audit.rotate_bytes, spec.audit.evidence_public_key),
-        source=filename, sha256=sha256,
+        mode=spec.mode, source=filename, sha256=sha256,
     )

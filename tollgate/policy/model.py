@@ -16,6 +16,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Mode = Literal["intercept", "passthrough"]
 Action = Literal["block", "redact", "report"]
+Enforcement = Literal["enforce", "report"]  # report: audit would-deny/would-block, let the traffic pass
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Destination:
     ports: tuple[int, ...]
     clients: frozenset[str] | None  # None means every client ("*")
     mode: Mode
+    enforcement: Enforcement = "enforce"
     owner: str | None = None
     justification: str | None = None
     review_by: datetime.date | None = None
@@ -49,6 +51,7 @@ class Destination:
 class DetectorSetting:
     action: Action
     block_at: int | None = None
+    mode: Enforcement = "enforce"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class CustomDetector:
     keywords: tuple[str, ...] = ()
     action: Action = "block"
     validator: str | None = None
+    mode: Enforcement = "enforce"
     line: int = 0
 
 
@@ -99,8 +103,13 @@ class Policy:
     network: NetworkSettings = NetworkSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     audit: AuditSettings = AuditSettings()
+    mode: Enforcement = "enforce"
     source: str = "<memory>"  # file the policy was loaded from
     sha256: str = ""  # hash of the file's bytes, for the audit log
+
+    def report_only(self, rule: Destination | None) -> bool:
+        """Whether refusals under this entry are only audited (would-deny) and the traffic passes."""
+        return self.mode == "report" or (rule is not None and rule.enforcement == "report")
 
     def client(self, name: str) -> ClientGroup | None:
         return next((c for c in self.clients if c.name == name), None)

@@ -18,6 +18,8 @@ from tollgate.dlp.ids import VALIDATORS
 from tollgate.policy.hosts import HostError, normalize_host, parse_host_pattern
 
 Action = Literal["block", "redact", "report"]
+# "report": decisions are computed and audited as would-deny/would-block, and the traffic passes.
+Enforcement = Literal["enforce", "report"]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -65,6 +67,7 @@ class DestinationSpec(_Strict):
     ports: list[Port] = Field(default_factory=lambda: [443], min_length=1)
     clients: list[str]
     mode: Literal["intercept", "passthrough"]
+    enforcement: Enforcement = "enforce"  # `mode` already says intercept/passthrough
     owner: str | None = None
     justification: str | None = None
     review_by: datetime.date | None = Field(default=None, strict=False)
@@ -123,6 +126,7 @@ class DestinationSpec(_Strict):
 class DetectorSpec(_Strict):
     action: Action
     block_at: Annotated[int, Field(ge=1)] | None = None
+    mode: Enforcement = "enforce"
 
 
 class CustomDetectorSpec(_Strict):
@@ -131,6 +135,7 @@ class CustomDetectorSpec(_Strict):
     keywords: list[Annotated[str, Field(min_length=1)]] = []
     action: Action = "block"
     validator: str | None = None
+    mode: Enforcement = "enforce"
 
     @field_validator("pattern")
     @classmethod
@@ -228,6 +233,7 @@ class AuditSpec(_Strict):
 
 class PolicySpec(_Strict):
     version: Literal[1]
+    mode: Enforcement = "enforce"
     clients: list[ClientSpec]
     destinations: list[DestinationSpec]
     dlp: DlpSpec = DlpSpec()

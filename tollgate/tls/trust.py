@@ -6,6 +6,7 @@ one combined file: pointing it at an internal CA alone would break every public 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 import tempfile
@@ -27,7 +28,10 @@ def system_bundle() -> Path:
 
 
 def build_bundle(extra_ca_files: tuple[str, ...], directory: Path, base: Path | None = None) -> Path:
-    """Write ``directory/upstream-trust.pem`` = system bundle + extras; return its path."""
+    """Write ``directory/upstream-trust-<hash>.pem`` = system bundle + extras; return its path.
+
+    Named by content: mitmproxy caches TLS contexts by the bundle's path, so a reloaded policy
+    with other extras must get a new path to take effect."""
     parts = [(base or system_bundle()).read_bytes()]
     for name in extra_ca_files:
         try:
@@ -37,11 +41,14 @@ def build_bundle(extra_ca_files: tuple[str, ...], directory: Path, base: Path | 
         if b"-----BEGIN CERTIFICATE-----" not in data:
             raise TrustError(f"upstream.extra_ca_files: {name} holds no PEM certificate")
         parts.append(data)
+    content = b"\n".join(p.rstrip(b"\n") + b"\n" for p in parts)
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / "upstream-trust.pem"
+    target = directory / f"upstream-trust-{hashlib.sha256(content).hexdigest()[:16]}.pem"
+    if target.is_file() and target.read_bytes() == content:
+        return target
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".upstream-trust.")
     with os.fdopen(fd, "wb") as f:
-        f.write(b"\n".join(p.rstrip(b"\n") + b"\n" for p in parts))
+        f.write(content)
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)
     return target
