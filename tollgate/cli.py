@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                      help=f"write the audit log to DIR/audit.jsonl (default: the policy's audit.path, {DEFAULT_AUDIT_DIR}/audit.jsonl)")
     run.add_argument("--proxyauth", default=None,
                      help="require proxy authentication, as mitmproxy's proxyauth: 'user:pass', '@htpasswd-file'")
+    run.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
+                     help="how often to check the policy file for changes (default 1; 0: reload on SIGHUP only)")
     run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     from tollgate import audit_cli, ca_cli, policy_cli
 
@@ -109,6 +111,7 @@ async def _serve(host: str, port: int, ca_dir: Path, policy_path: Path, audit_pa
             termlog_verbosity="warn" if args.quiet else "info",
             proxyauth=args.proxyauth,
             tollgate_audit_path=audit_path,
+            tollgate_reload_interval=max(0.0, args.reload_interval),
             tollgate_policy=str(policy_path),
         )
     except exceptions.OptionsError as e:

@@ -36,7 +36,8 @@ from tollgate.gates.destination import decide_destination
 from tollgate.gates.request import check_authorities, check_sni
 from tollgate.mitm.hardening import review_options
 from tollgate.mitm.responses import error_response
-from tollgate.mitm.runtime import ReloadError, Runtime, build_runtime, check_replaceable, file_signature
+from tollgate.mitm.runtime import (ReloadError, Runtime, build_runtime, check_replaceable, cover_policy,
+                                   file_signature)
 from tollgate.policy.hosts import normalize_host
 from tollgate.policy.loader import PolicyError
 from tollgate.policy.model import Policy
@@ -198,8 +199,10 @@ class Tollgate:
             self._watched = file_signature(path)
             confdir = Path(ctx.options.confdir).expanduser()
             try:
-                runtime = await asyncio.to_thread(build_runtime, path, confdir)
+                runtime = await asyncio.to_thread(build_runtime, path, confdir, False)
                 check_replaceable(old.policy, runtime.policy, ctx.options.tollgate_audit_path)
+                # Last, as nothing after it can fail: a new intermediate if the policy intercepts new names.
+                renewed = await asyncio.to_thread(cover_policy, confdir, runtime.policy)
             except (PolicyError, CaError, TrustError, EvidenceError, ReloadError, OSError) as e:
                 error = f"{type(e).__name__}: {e}" if isinstance(e, OSError) else str(e)
                 logger.error("tollgate: policy %s not reloaded (%s); the running policy stays in force:\n%s",
@@ -211,12 +214,15 @@ class Tollgate:
                 return False
             if runtime.policy.sha256 == old.policy.sha256:
                 return True  # touched, not changed
+            if renewed:
+                ctx.master.addons.get("tlsconfig").configure({"confdir"})  # reloads the CA files
             self._apply_options(runtime)
             self.runtime = runtime
             logger.warning("tollgate: policy %s reloaded (%s): %s → %s", path, trigger,
                            old.policy.sha256[:12], runtime.policy.sha256[:12])
             self._write(lifecycle_event(
                 "policy-reloaded", f"policy {path} reloaded; new connections use it", trigger=trigger,
+                ca_renewed=renewed,
                 policy={"path": path, "sha256": runtime.policy.sha256, "previous_sha256": old.policy.sha256}))
             return True
 

@@ -17,7 +17,7 @@ from tollgate.audit.evidence import load_public_key
 from tollgate.dlp.engine import Engine
 from tollgate.policy.loader import load_policy
 from tollgate.policy.model import Policy
-from tollgate.tls.ca import check_proxy_ca
+from tollgate.tls.ca import check_proxy_ca, covers, load_status, renew_intermediate
 from tollgate.tls.scope import intercept_scope
 from tollgate.tls.trust import build_bundle
 
@@ -34,10 +34,11 @@ class Runtime:
     trust_bundle: Path
 
 
-def build_runtime(path: str, confdir: Path) -> Runtime:
+def build_runtime(path: str, confdir: Path, check_ca: bool = True) -> Runtime:
     """Load and fully check a policy file. Raises PolicyError, CaError, TrustError, OSError."""
     policy = load_policy(path)
-    check_proxy_ca(confdir, intercept_scope(policy))  # the CA must be able to sign every intercepted name
+    if check_ca:
+        check_proxy_ca(confdir, intercept_scope(policy))  # the CA must be able to sign every intercepted name
     bundle = build_bundle(policy.upstream.extra_ca_files, confdir)
     engine = Engine.for_policy(policy.dlp)
     evidence_key = load_public_key(policy.audit.evidence_public_key) if policy.audit.evidence_public_key else None
@@ -50,6 +51,18 @@ def check_replaceable(old: Policy, new: Policy, audit_path_override: str) -> Non
         raise ReloadError(f"audit.path changed ({old.audit.path} → {new.audit.path}); restart the proxy to apply it")
     if new.audit.rotate_bytes != old.audit.rotate_bytes:
         raise ReloadError("audit.rotate_bytes changed; restart the proxy to apply it")
+
+
+def cover_policy(confdir: Path, policy: Policy) -> bool:
+    """Renew the intermediate if the policy intercepts a name it may not sign (as `tollgate run`
+    does at start-up); True if it did. Raises CaError, e.g. when the root key is offline."""
+    scope = intercept_scope(policy)
+    if covers(load_status(confdir), scope):
+        renew_intermediate(confdir, scope)
+        check_proxy_ca(confdir, scope)
+        return True
+    check_proxy_ca(confdir, scope)
+    return False
 
 
 def file_signature(path: str) -> tuple[int, int, int] | None:
