@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.proxy import tollgate_run
+from tests.support.proxy import REPO, tollgate_run
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +134,8 @@ def test_good_file_changes_the_next_connection_and_open_ones_keep_theirs(env, re
     assert event["tollgate"]["policy"]["sha256"] == hashlib.sha256(new_text.encode()).hexdigest()
     # unlisted.test is intercepted now: the proxy renewed its intermediate to sign it
     assert event["tollgate"]["ca_renewed"] is True
+    docs = (REPO / "docs" / "audit-events.md").read_text()
+    assert "### `policy-reloaded`" in docs and "### `policy-reload-failed`" in docs
 
 
 def test_bad_file_keeps_the_running_policy(env, reloading):

@@ -3,19 +3,21 @@ the traffic passes; the address gate stays enforced. Top level, per destination,
 
 from __future__ import annotations
 
+import re
 import ssl
 
 import httpx
 import pytest
 import websockets.sync.client
 
-from tests.support.proxy import tollgate_run
+from tests.support.proxy import REPO, tollgate_run
 from tests.support.secrets import POSITIVE
 
 pytestmark = pytest.mark.integration
 
 AWS = POSITIVE["aws_access_key_id"][1]
 CASE = "CASE-12345678"
+CARD = "4111 1111 1111 1111"
 
 RESOLVE = """\
 network:
@@ -35,6 +37,7 @@ destinations:
   - {{host: metadata.test, ports: [{tls}], clients: [ops], mode: intercept}}
 dlp:
   default_action: block
+  detectors: {{payment_card: redact}}
 """ + RESOLVE
 ONE_OF_EACH = """\
 version: 1
@@ -160,3 +163,23 @@ def test_websocket_message_would_block_and_is_forwarded(env, mixed):
         ws.send(f"ref {CASE}")
         assert ws.recv(timeout=10) == f"ref {CASE}"
     assert ("message-would-block", "dlp_blocked", "success") in actions(mixed, mark)
+
+
+def test_redact_becomes_would_redact_and_the_body_is_unchanged(env, reported):
+    env.tls.clear()
+    mark = reported.mark()
+    with client(reported, env) as c:
+        r = c.post(f"https://api.allowed.test:{env.tls.port}/pay", json={"card": CARD})
+    assert r.status_code == 200
+    assert env.tls.requests[-1].body == ('{"card":"%s"}' % CARD).encode()
+    assert ("request-would-redact", "allowed", "success") in actions(reported, mark)
+
+
+def test_every_report_only_event_is_documented(reported, mixed):
+    docs = (REPO / "docs" / "audit-events.md").read_text()
+    produced = {e["event"]["action"] for p in (reported, mixed) for e in p.events()}
+    would = {a for a in produced if "-would-" in a}
+    assert would >= {"connection-would-deny", "request-would-deny", "request-would-block", "request-would-redact",
+                     "message-would-block"}
+    for action in would:
+        assert re.search(rf"^### `{action}`\n(?:.*\n)*?```json\n\{{", docs, re.M), f"{action} is not documented"
