@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
                      help="require proxy authentication, as mitmproxy's proxyauth: 'user:pass', '@htpasswd-file'")
     run.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                      help="how often to check the policy file for changes (default 1; 0: reload on SIGHUP only)")
+    run.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
+                     help="serve GET /metrics (Prometheus) and GET /healthz here (default: off)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="proxy processes sharing the port (SO_REUSEPORT); e.g. --workers $(nproc). Each writes "
+                          "its own audit log, AUDIT_DIR/worker-I/audit.jsonl (default 1)")
+    run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     from tollgate import audit_cli, ca_cli, policy_cli
 
@@ -56,10 +62,10 @@ def _fail(message: str) -> int:
     return 2
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def parse_listen(value: str, option: str = "--listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"--listen {value!r}: use HOST:PORT, e.g. 127.0.0.1:8080")
+        raise ValueError(f"{option} {value!r}: use HOST:PORT, e.g. 127.0.0.1:8080")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -78,8 +84,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         host, port = parse_listen(args.listen)
+        metrics = parse_listen(args.metrics_listen, "--metrics-listen") if args.metrics_listen else None
     except ValueError as e:
         return _fail(str(e))
+    if args.workers < 1:
+        return _fail("--workers must be 1 or more")
     policy_path = Path(args.policy) if args.policy else default_policy()
     try:
         policy = load_policy(policy_path)
@@ -91,8 +100,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     except CaError as e:
         return _fail(f"CA in {ca_dir}: {e}")
     print(f"tollgate: CA certificate for clients: {ca_dir / 'root-ca.pem'} (sha256 {status.root_sha256})", flush=True)
+    if args.workers > 1 and args.worker_index is None:
+        audit_dir = Path(args.audit_dir) if args.audit_dir else Path(policy.audit.path).parent
+        return _supervise(args, host, port, policy_path, audit_dir, metrics)
     audit_path = str(Path(args.audit_dir) / "audit.jsonl") if args.audit_dir else ""
     return asyncio.run(_serve(host, port, ca_dir, policy_path, audit_path, args))
+
+
+def _supervise(args: argparse.Namespace, host: str, port: int, policy_path: Path, audit_dir: Path,
+               metrics: tuple[str, int] | None) -> int:
+    from tollgate.workers import reserve_port, supervise, worker_audit_dir
+
+    try:
+        reserved, port = reserve_port(host, port)
+    except OSError as e:
+        return _fail(f"--listen {args.listen}: {e.strerror}")
+    commands = []
+    for i in range(args.workers):
+        cmd = [sys.executable, "-m", "tollgate.cli", "run", "--policy", str(policy_path),
+               "--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "--ca-dir", args.ca_dir,
+               "--audit-dir", str(worker_audit_dir(audit_dir, i)), "--reload-interval", str(args.reload_interval),
+               "--worker-index", str(i)]
+        if metrics:  # one ops listener per worker: PORT, PORT+1, ...
+            cmd += ["--metrics-listen", f"{metrics[0]}:{metrics[1] + i if metrics[1] else 0}"]
+        if args.proxyauth:
+            cmd += ["--proxyauth", args.proxyauth]
+        if args.quiet:
+            cmd.append("--quiet")
+        commands.append(cmd)
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return supervise(commands, shown, reserved)
 
 
 async def _serve(host: str, port: int, ca_dir: Path, policy_path: Path, audit_path: str, args: argparse.Namespace) -> int:
@@ -101,6 +138,8 @@ async def _serve(host: str, port: int, ca_dir: Path, policy_path: Path, audit_pa
     from tollgate.mitm.hardening import FORCED
     from tollgate.mitm.master import build_master
 
+    if args.worker_index is not None:
+        _share_listening_port()
     opts = options.Options(listen_host=host, listen_port=port, confdir=str(ca_dir), mode=["regular"])
     master, _ = build_master(opts, quiet=args.quiet)
     try:
@@ -112,6 +151,7 @@ async def _serve(host: str, port: int, ca_dir: Path, policy_path: Path, audit_pa
             proxyauth=args.proxyauth,
             tollgate_audit_path=audit_path,
             tollgate_reload_interval=max(0.0, args.reload_interval),
+            tollgate_metrics_listen=args.metrics_listen,
             tollgate_policy=str(policy_path),
         )
     except exceptions.OptionsError as e:
@@ -121,6 +161,15 @@ async def _serve(host: str, port: int, ca_dir: Path, policy_path: Path, audit_pa
         loop.add_signal_handler(sig, master.shutdown)
     await master.run()  # errorcheck exits the process with status 1 on start-up errors
     return 0
+
+
+def _share_listening_port() -> None:
+    """A worker of `--workers N`: mitmproxy's listener binds with SO_REUSEPORT, so the kernel
+    balances connections across the workers. mitmproxy has no option for it, so this process's
+    asyncio.start_server gets reuse_port=True by default (the ops listener passes False)."""
+    import functools
+
+    asyncio.start_server = functools.partial(asyncio.start_server, reuse_port=True)  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import functools
 import inspect
 import ipaddress
 import logging
+import os
 import signal
+import time
 import traceback
 import weakref
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from tollgate.gates.client import identify_client
 from tollgate.gates.decision import Decision, Reason
 from tollgate.gates.destination import decide_destination
 from tollgate.gates.request import check_authorities, check_sni
+from tollgate.metrics import Metrics
 from tollgate.mitm.hardening import review_options
 from tollgate.mitm.responses import error_response
 from tollgate.mitm.runtime import (ReloadError, Runtime, build_runtime, check_replaceable, cover_policy,
@@ -41,8 +44,9 @@ from tollgate.mitm.runtime import (ReloadError, Runtime, build_runtime, check_re
 from tollgate.policy.hosts import normalize_host
 from tollgate.policy.loader import PolicyError
 from tollgate.policy.model import Policy
-from tollgate.tls.ca import CaError
+from tollgate.tls.ca import CaError, load_status
 from tollgate.tls.pins import CertFacts, chain_matches_pins
+from tollgate.ops_server import start_ops_server
 from tollgate.tls.trust import TrustError
 
 logger = logging.getLogger("tollgate")
@@ -126,8 +130,12 @@ class Tollgate:
         self.hmac_key: bytes = b""
         self._reload_lock = asyncio.Lock()
         self._watched: tuple[int, int, int] | None = None  # the policy file's signature when last read
+        self._intermediate = ""  # SHA-256 of the intermediate CA mitmproxy signs with
         self._watcher: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self.metrics = Metrics()
+        self._audit_ok = True  # the last audit write succeeded
+        self._ops_server: asyncio.Server | None = None
 
     @property
     def policy(self) -> Policy | None:
@@ -141,6 +149,8 @@ class Tollgate:
                           "Audit log file; default: the policy's audit.path, e.g. var/audit/audit.jsonl")
         loader.add_option("tollgate_reload_interval", float, 1.0,
                           "Seconds between checks of the policy file for changes (0: reload on SIGHUP only)")
+        loader.add_option("tollgate_metrics_listen", str, "",
+                          "HOST:PORT for GET /metrics (Prometheus) and GET /healthz; empty: off")
 
     def configure(self, updated: set[str]) -> None:
         changes, errors = review_options({k: getattr(ctx.options, k) for k in updated if k in ctx.options})
@@ -175,6 +185,7 @@ class Tollgate:
         if old_audit:
             old_audit.close()
         self._watched = file_signature(path)
+        self._intermediate = load_status(confdir).intermediate_sha256
         self._write(lifecycle_event("policy-loaded", f"policy {path} loaded", policy={"path": path, "sha256": policy.sha256}))
 
     def _apply_options(self, runtime: Runtime) -> None:
@@ -202,7 +213,7 @@ class Tollgate:
                 runtime = await asyncio.to_thread(build_runtime, path, confdir, False)
                 check_replaceable(old.policy, runtime.policy, ctx.options.tollgate_audit_path)
                 # Last, as nothing after it can fail: a new intermediate if the policy intercepts new names.
-                renewed = await asyncio.to_thread(cover_policy, confdir, runtime.policy)
+                intermediate = await asyncio.to_thread(cover_policy, confdir, runtime.policy)
             except (PolicyError, CaError, TrustError, EvidenceError, ReloadError, OSError) as e:
                 error = f"{type(e).__name__}: {e}" if isinstance(e, OSError) else str(e)
                 logger.error("tollgate: policy %s not reloaded (%s); the running policy stays in force:\n%s",
@@ -214,8 +225,10 @@ class Tollgate:
                 return False
             if runtime.policy.sha256 == old.policy.sha256:
                 return True  # touched, not changed
-            if renewed:
+            renewed = intermediate != self._intermediate
+            if renewed:  # this process or another worker issued a new intermediate: sign with it
                 ctx.master.addons.get("tlsconfig").configure({"confdir"})  # reloads the CA files
+                self._intermediate = intermediate
             self._apply_options(runtime)
             self.runtime = runtime
             logger.warning("tollgate: policy %s reloaded (%s): %s → %s", path, trigger,
@@ -247,7 +260,7 @@ class Tollgate:
             except Exception:
                 logger.exception("tollgate: policy reload failed; the running policy stays in force")
 
-    def running(self) -> None:
+    async def running(self) -> None:
         if self.runtime is None:
             # An error logged during start-up makes mitmproxy exit (errorcheck addon).
             logger.error("tollgate: no policy loaded; set it with --set tollgate_policy=policies/example.yaml")
@@ -266,11 +279,34 @@ class Tollgate:
             logger.warning("tollgate: no SIGHUP handler here; the policy file is still watched")
         if ctx.options.tollgate_reload_interval > 0 and self._watcher is None:
             self._watcher = loop.create_task(self._watch(ctx.options.tollgate_reload_interval))
+        if ctx.options.tollgate_metrics_listen and self._ops_server is None:
+            from tollgate.cli import parse_listen
+
+            ops_host, ops_port = parse_listen(ctx.options.tollgate_metrics_listen)
+            self._ops_server = await start_ops_server(ops_host, ops_port, self.metrics, self.health)
+            bound = self._ops_server.sockets[0].getsockname()
+            print(f"tollgate: metrics and health on http://{bound[0]}:{bound[1]}/metrics and /healthz", flush=True)
         self._write(lifecycle_event("proxy-started", "Tollgate is running", listen=listen))
         # Printed, not logged: scripts and tests wait for this line whatever the log level.
         print(f"tollgate: listening on {', '.join(listen)}", flush=True)
 
+    def health(self) -> list[str]:
+        """What makes the proxy unusable right now: no policy, or an audit log it cannot write."""
+        problems = []
+        if self.runtime is None:
+            problems.append("no policy is loaded")
+        if self.audit is None:
+            problems.append("the audit log is not open")
+        elif not self._audit_ok:
+            problems.append("the last audit write failed: traffic is refused")
+        elif not os.access(self.audit.path, os.W_OK):
+            problems.append(f"the audit log {self.audit.path} is not writable")
+        return problems
+
     def done(self) -> None:
+        if self._ops_server:
+            self._ops_server.close()
+            self._ops_server = None
         if self._watcher:
             self._watcher.cancel()
             self._watcher = None
@@ -452,6 +488,13 @@ class Tollgate:
             headers["content-length"] = str(len(flow.request.raw_content))
         await self._inspect(flow)
 
+    def response(self, flow: http.HTTPFlow) -> None:
+        # Metrics only: never raises into mitmproxy (a missing timestamp just skips the sample).
+        start, end = flow.request.timestamp_start, flow.response.timestamp_end if flow.response else None
+        if start and end:
+            forwarded = flow.metadata.get("tollgate", {}).get("approved") is True
+            self.metrics.request_seconds.labels("forwarded" if forwarded else "refused").observe(max(0.0, end - start))
+
     @fail_closed("http")
     def error(self, flow: http.HTTPFlow) -> None:
         """mitmproxy answered a protocol or connection error itself (HTML 400/502): audit it."""
@@ -496,6 +539,7 @@ class Tollgate:
             body=flow.request.raw_content or b"", content_encoding=flow.request.headers.get("content-encoding", ""),
             content_type=flow.request.headers.get("content-type", ""), host=approval.host,
             destination=approval.decision.rule)
+        started = time.monotonic()
         try:
             outcome = await asyncio.wait_for(
                 asyncio.to_thread(inspect_request, runtime.engine, runtime.policy.dlp, self.hmac_key, facts,
@@ -503,6 +547,7 @@ class Tollgate:
                 DLP_TIMEOUT)
         except asyncio.TimeoutError:
             outcome = Outcome("uninspectable", uninspectable="scan_timeout", message="the scan took too long")
+        self.metrics.scan_seconds.observe(time.monotonic() - started)
         self._apply_outcome(flow, approval, outcome, runtime.policy.dlp.uninspectable == "block", report_only)
 
     def _apply_outcome(self, flow: http.HTTPFlow, approval: Approval, outcome: Outcome, block_uninspectable: bool,
@@ -741,7 +786,14 @@ class Tollgate:
     def _write(self, event: dict[str, Any]) -> None:
         if self.audit is None:
             raise AuditError("the audit log is not open")
-        self.audit.write(event)
+        try:
+            self.audit.write(event)
+        except AuditError:
+            self._audit_ok = False
+            self.metrics.audit_errors.inc()
+            raise
+        self._audit_ok = True
+        self.metrics.observe(event)
 
 
 def _peer(client: connection.Client) -> tuple[str, int] | None:

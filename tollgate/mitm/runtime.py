@@ -8,7 +8,9 @@ swaps anything.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,16 +55,25 @@ def check_replaceable(old: Policy, new: Policy, audit_path_override: str) -> Non
         raise ReloadError("audit.rotate_bytes changed; restart the proxy to apply it")
 
 
-def cover_policy(confdir: Path, policy: Policy) -> bool:
+def cover_policy(confdir: Path, policy: Policy) -> str:
     """Renew the intermediate if the policy intercepts a name it may not sign (as `tollgate run`
-    does at start-up); True if it did. Raises CaError, e.g. when the root key is offline."""
+    does at start-up). Returns the SHA-256 of the intermediate now on disk: a caller that holds
+    another one in memory must reload it. Raises CaError, e.g. when the root key is offline."""
     scope = intercept_scope(policy)
-    if covers(load_status(confdir), scope):
-        renew_intermediate(confdir, scope)
-        check_proxy_ca(confdir, scope)
-        return True
-    check_proxy_ca(confdir, scope)
-    return False
+    with _ca_lock(confdir):  # with --workers, every worker reloads at once: only one renews
+        if covers(load_status(confdir), scope):
+            renew_intermediate(confdir, scope)
+        return check_proxy_ca(confdir, scope).intermediate_sha256
+
+
+@contextmanager
+def _ca_lock(confdir: Path):
+    with open(Path(confdir) / ".renew.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def file_signature(path: str) -> tuple[int, int, int] | None:
