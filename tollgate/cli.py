@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="proxy processes sharing the port (SO_REUSEPORT); e.g. --workers $(nproc). Each writes "
                           "its own audit log, AUDIT_DIR/worker-I/audit.jsonl (default 1)")
     run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                     help="on SIGTERM/SIGINT, stop accepting and let requests in flight finish for up to this long "
+                          "(default 10; a second signal stops at once)")
     run.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     from tollgate import audit_cli, ca_cli, policy_cli
 
@@ -120,7 +123,7 @@ def _supervise(args: argparse.Namespace, host: str, port: int, policy_path: Path
         cmd = [sys.executable, "-m", "tollgate.cli", "run", "--policy", str(policy_path),
                "--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "--ca-dir", args.ca_dir,
                "--audit-dir", str(worker_audit_dir(audit_dir, i)), "--reload-interval", str(args.reload_interval),
-               "--worker-index", str(i)]
+               "--worker-index", str(i), "--grace", str(args.grace)]
         if metrics:  # one ops listener per worker: PORT, PORT+1, ...
             cmd += ["--metrics-listen", f"{metrics[0]}:{metrics[1] + i if metrics[1] else 0}"]
         if args.proxyauth:
@@ -141,7 +144,7 @@ async def _serve(host: str, port: int, ca_dir: Path, policy_path: Path, audit_pa
     if args.worker_index is not None:
         _share_listening_port()
     opts = options.Options(listen_host=host, listen_port=port, confdir=str(ca_dir), mode=["regular"])
-    master, _ = build_master(opts, quiet=args.quiet)
+    master, addon = build_master(opts, quiet=args.quiet)
     try:
         # Set explicitly: mitmproxy only runs `configure` for options that are set.
         master.options.update(
@@ -157,10 +160,31 @@ async def _serve(host: str, port: int, ca_dir: Path, policy_path: Path, audit_pa
     except exceptions.OptionsError as e:
         return _fail(str(e))
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    def stop() -> None:
+        if stopping:  # a second signal: stop now
+            master.shutdown()
+        else:
+            stopping.append(loop.create_task(_graceful_stop(master, addon, args.grace)))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
+        loop.add_signal_handler(sig, stop)
     await master.run()  # errorcheck exits the process with status 1 on start-up errors
     return 0
+
+
+async def _graceful_stop(master, addon, grace: float) -> None:
+    """Stop accepting connections, let requests in flight finish (up to `grace` seconds), stop."""
+    proxyserver = master.addons.get("proxyserver")
+    try:
+        await asyncio.wait_for(proxyserver.servers.update([]), 5)
+    except Exception:
+        pass  # stopping anyway
+    deadline = asyncio.get_running_loop().time() + grace
+    while addon.in_flight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    master.shutdown()
 
 
 def _share_listening_port() -> None:

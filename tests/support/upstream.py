@@ -13,6 +13,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +134,8 @@ class Upstream:
         status, extra = 200, {}
         if request.path.startswith("/status/"):
             status = int(request.path.split("/")[2].split("?")[0])
+        if request.path.startswith("/delay/"):  # a slow upstream: answers after N seconds
+            time.sleep(float(request.path.split("/")[2]))
         if request.path.startswith("/redirect?to="):
             status, extra = 302, {"Location": request.path.split("=", 1)[1]}
         host = request.header("host") or request.header(":authority")

@@ -82,3 +82,16 @@ class _ListAudit:
 
     def close(self):
         pass
+
+
+def test_websocket_history_is_not_kept():
+    from mitmproxy import websocket
+
+    flow = tflow.twebsocketflow()
+    addon = approved_addon(flow)
+    for i in range(50):
+        flow.websocket.messages.append(websocket.WebSocketMessage(1, True, f"message {i}".encode()))
+        with taddons.context(addon):
+            asyncio.run(addon.websocket_message(flow))
+        assert len(flow.websocket.messages) == 1
+    assert flow.websocket.messages[0].text == "message 49" and not flow.websocket.messages[0].dropped

@@ -26,6 +26,7 @@ class Reason(str, enum.Enum):
     SNI_MISSING = "sni_missing"
     HOST_MISMATCH = "host_mismatch"
     DUPLICATE_HOST = "duplicate_host"
+    HEADERS_TOO_LARGE = "headers_too_large"
     NOT_HTTP = "not_http"
     NOT_VIA_PROXY = "not_via_proxy"
     UNAPPROVED_CONNECTION = "unapproved_connection"
@@ -46,6 +47,7 @@ STATUS = {
     Reason.ALLOWED: 200,
     Reason.INVALID_DESTINATION: 400,
     Reason.DUPLICATE_HOST: 400,
+    Reason.HEADERS_TOO_LARGE: 431,
     Reason.NOT_HTTP: 400,
     Reason.NOT_VIA_PROXY: 400,
     Reason.HOST_MISMATCH: 421,

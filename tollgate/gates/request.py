@@ -11,6 +11,19 @@ from tollgate.gates.address import parse_ip_literal
 from tollgate.gates.decision import Decision, Reason
 from tollgate.policy.hosts import HostError, normalize_host
 
+# Far above what real clients send (browsers stay under 100 headers and 16 KiB), far below
+# what would let one request tie up memory and the upstream's parser.
+MAX_HEADERS = 200
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def check_header_size(headers: list[tuple[bytes, bytes]]) -> Decision | None:
+    total = sum(len(k) + len(v) + 4 for k, v in headers)
+    if len(headers) > MAX_HEADERS or total > MAX_HEADER_BYTES:
+        return Decision(Reason.HEADERS_TOO_LARGE, f"the request has {len(headers)} headers, {total} bytes; the limit "
+                        f"is {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes")
+    return None
+
 
 def same_host(destination: str, other: str) -> bool:
     """Compare two host names or IP literals after normalisation (never raises)."""

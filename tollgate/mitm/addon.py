@@ -35,8 +35,9 @@ from tollgate.gates.address import ResolveError, choose_address, parse_ip_litera
 from tollgate.gates.client import identify_client
 from tollgate.gates.decision import Decision, Reason
 from tollgate.gates.destination import decide_destination
-from tollgate.gates.request import check_authorities, check_sni
+from tollgate.gates.request import check_authorities, check_header_size, check_sni
 from tollgate.metrics import Metrics
+from tollgate.mitm import logfilter
 from tollgate.mitm.hardening import review_options
 from tollgate.mitm.responses import error_response
 from tollgate.mitm.runtime import (ReloadError, Runtime, build_runtime, check_replaceable, cover_policy,
@@ -136,6 +137,8 @@ class Tollgate:
         self.metrics = Metrics()
         self._audit_ok = True  # the last audit write succeeded
         self._ops_server: asyncio.Server | None = None
+        self._log_filter: logfilter.ProtocolErrorFilter | None = None
+        self.in_flight: set[str] = set()  # ids of requests not yet answered: a graceful stop waits for them
 
     @property
     def policy(self) -> Policy | None:
@@ -286,6 +289,8 @@ class Tollgate:
             self._ops_server = await start_ops_server(ops_host, ops_port, self.metrics, self.health)
             bound = self._ops_server.sockets[0].getsockname()
             print(f"tollgate: metrics and health on http://{bound[0]}:{bound[1]}/metrics and /healthz", flush=True)
+        if self._log_filter is None:
+            self._log_filter = logfilter.install(self._protocol_error)
         self._write(lifecycle_event("proxy-started", "Tollgate is running", listen=listen))
         # Printed, not logged: scripts and tests wait for this line whatever the log level.
         print(f"tollgate: listening on {', '.join(listen)}", flush=True)
@@ -303,7 +308,16 @@ class Tollgate:
             problems.append(f"the audit log {self.audit.path} is not writable")
         return problems
 
+    def _protocol_error(self, peername: tuple | None, kind: str) -> None:
+        """mitmproxy answered a client's unparseable request itself (no flow, no hook): audit it."""
+        source = _peer_address(peername) if peername else None
+        self._write(decision_event("request-error", Decision(Reason.TRANSPORT_ERROR, f"client protocol error: {kind}"),
+                                   stage="transport", source=source))
+
     def done(self) -> None:
+        if self._log_filter:
+            logfilter.uninstall(self._log_filter)
+            self._log_filter = None
         if self._ops_server:
             self._ops_server.close()
             self._ops_server = None
@@ -442,10 +456,15 @@ class Tollgate:
 
     @fail_closed("http")
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.add(flow.id)
         if flow.response or flow.error:
             return
         state = self.conns.get(flow.client_conn)
         tunnel = state.tunnel if state else None
+        too_large = check_header_size(flow.request.headers.fields)
+        if too_large:
+            self._deny(flow, too_large, "request-denied", "request", flow.request.host, flow.request.port)
+            return
         hosts = flow.request.headers.get_all("host")
         if tunnel is not None:
             if state.upstream_failure:
@@ -489,7 +508,8 @@ class Tollgate:
         await self._inspect(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        # Metrics only: never raises into mitmproxy (a missing timestamp just skips the sample).
+        # Bookkeeping only: never raises into mitmproxy (a missing timestamp just skips the sample).
+        self.in_flight.discard(flow.id)
         start, end = flow.request.timestamp_start, flow.response.timestamp_end if flow.response else None
         if start and end:
             forwarded = flow.metadata.get("tollgate", {}).get("approved") is True
@@ -498,6 +518,7 @@ class Tollgate:
     @fail_closed("http")
     def error(self, flow: http.HTTPFlow) -> None:
         """mitmproxy answered a protocol or connection error itself (HTML 400/502): audit it."""
+        self.in_flight.discard(flow.id)
         if flow.error is None:
             return
         # Only the text before the first colon: details may quote raw request bytes.
@@ -595,6 +616,9 @@ class Tollgate:
     @fail_closed("ws")
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
         message = flow.websocket.messages[-1]
+        # mitmproxy keeps every message of a connection; only this one is needed (it forwards
+        # the message object it holds, not the list): memory stays flat on long connections.
+        del flow.websocket.messages[:-1]
         if not message.from_client:
             return
         approval = self._approval_of(flow)
@@ -799,7 +823,11 @@ class Tollgate:
 def _peer(client: connection.Client) -> tuple[str, int] | None:
     if not client or not client.peername:
         return None
-    host, port = client.peername[:2]
+    return _peer_address(client.peername)
+
+
+def _peer_address(peername: tuple) -> tuple[str, int]:
+    host, port = peername[:2]
     ip = ipaddress.ip_address(host)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         host = str(ip.ipv4_mapped)
