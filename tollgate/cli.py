@@ -144,7 +144,7 @@ async def _serve(host: str, port: int, ca_dir: Path, policy_path: Path, audit_pa
     if args.worker_index is not None:
         _share_listening_port()
     opts = options.Options(listen_host=host, listen_port=port, confdir=str(ca_dir), mode=["regular"])
-    master, addon = build_master(opts, quiet=args.quiet)
+    master, addon = build_master(opts)
     try:
         # Set explicitly: mitmproxy only runs `configure` for options that are set.
         master.options.update(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import ssl
 import socket
 import stat
 import subprocess
 
+import httpx
 import pytest
 
 from tests.support.proxy import BIN, REPO, ProxyExited, mitmdump_run, tollgate_run
@@ -92,3 +94,14 @@ def test_listen_port_in_use_is_a_clear_error(tmp_path, env):
                               capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode != 0
     assert "address already in use" in (done.stdout + done.stderr).lower()
+
+
+def test_quiet_starts_and_prints_only_warnings(env, tmp_path):
+    proxy = tollgate_run(tmp_path, env.policy, "--quiet").start()
+    try:
+        with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.root_ca)), timeout=10) as c:
+            assert c.get(f"https://api.allowed.test:{env.tls.port}/").status_code == 200
+    finally:
+        proxy.stop()
+    lines = [line for line in proxy.output().splitlines() if not line.startswith("tollgate: ")]
+    assert lines == [], lines  # only the CA and listening lines; no per-request info logging

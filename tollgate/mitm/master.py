@@ -13,10 +13,9 @@ from mitmproxy.addons import errorcheck, script, termlog
 from tollgate.mitm.addon import Tollgate
 
 
-def build_master(opts: options.Options, *, quiet: bool = False) -> tuple[master.Master, Tollgate]:
+def build_master(opts: options.Options) -> tuple[master.Master, Tollgate]:
     m = master.Master(opts, with_termlog=False)
-    if not quiet:
-        m.addons.add(termlog.TermLog())
+    m.addons.add(termlog.TermLog())  # `quiet` sets its verbosity to warnings, in `tollgate run`
     chain = addons.default_addons()
     position = next(i for i, a in enumerate(chain) if isinstance(a, script.ScriptLoader))
     tollgate = Tollgate()
