@@ -24,6 +24,8 @@ import brotli
 import regex
 import zstandard
 
+from tollgate.dlp.prefilter import build as build_prefilter
+
 MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
 MAX_LAYER_DEPTH = 3  # base64/hex/percent/entities inside each other
 
@@ -303,10 +305,14 @@ def _multipart_slots(body: bytes, content_type: str) -> list[Slot]:
 
 # --- encoded layers ---------------------------------------------------------------------
 
-# Linear patterns only, run with a timeout like every detector (a layer regex must not stall
-# the scan either): a timeout makes the content uninspectable.
-_B64 = regex.compile(r"[A-Za-z0-9+/_-]{12,}={0,2}")
-_HEX = regex.compile(r"(?:[0-9a-fA-F]{2}[:\s]?){16,}")
+# Candidate finders. Each starts only where a run starts (the lookbehind), so every character
+# is looked at a bounded number of times: linear in the text, which is why the stdlib `re`
+# (several times faster than `regex` here) needs no timeout. Contiguous hex is a base64-class
+# run and is found through _B64; _HEX_SEPARATED finds "aa:bb:cc..." and "aa bb cc ...".
+_B64 = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{12,}={0,2}")
+_HEX_TOKEN = re.compile(r"(?:[0-9a-fA-F]{2}){16,}")
+_HEX_SEPARATED = re.compile(r"(?<![0-9a-fA-F:])[0-9a-fA-F]{2}(?:[:\s][0-9a-fA-F]{2}){15,}")
+_HEX_TRIGGER = build_prefilter((("hex", _HEX_SEPARATED.pattern, False),))
 _PERCENT = regex.compile(r"%[0-9a-fA-F]{2}")
 _ENTITY = regex.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
 LAYER_TIMEOUT = 0.5
@@ -329,22 +335,33 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
         found.append(Slot(slot.where, unquote(text), slot.layers + ("percent",)))
     if _ENTITY.search(text, timeout=LAYER_TIMEOUT):
         found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
-    for m in _B64.finditer(text, timeout=LAYER_TIMEOUT):
+    hex_runs: list[str] = []
+    for m in _B64.finditer(text):
         token = m.group()
+        if len(token) >= 32:
+            hex_runs += [h.group() for h in _HEX_TOKEN.finditer(token)]
         if token == token.lower() or token == token.upper():
             continue  # base64 of text mixes cases; hex digests and plain words are not candidates
         decoded = _b64(token)
         if decoded:
             found.append(Slot(slot.where, decoded, slot.layers + ("base64",)))
-    for m in _HEX.finditer(text, timeout=LAYER_TIMEOUT):
+    if _separated_hex_possible(text):
+        hex_runs += [re.sub(r"[:\s]", "", m.group()) for m in _HEX_SEPARATED.finditer(text)]
+    for run in hex_runs:
         try:
-            decoded = bytes.fromhex(re.sub(r"[:\s]", "", m.group())).decode("utf-8")
+            decoded = bytes.fromhex(run).decode("utf-8")
         except (ValueError, UnicodeDecodeError):
             continue
         if decoded.isprintable():
             found.append(Slot(slot.where, decoded, slot.layers + ("hex",)))
     deeper = [d for f in found for d in _peel(f, depth + 1)] if depth + 1 < MAX_LAYER_DEPTH else []
     return found + deeper
+
+
+def _separated_hex_possible(text: str) -> bool:
+    """One hyperscan pass (where available) before the slower regex walk."""
+    hits = _HEX_TRIGGER.candidates(text)
+    return hits is None or "hex" in hits
 
 
 def _b64(token: str) -> str | None:

@@ -38,7 +38,12 @@ class Detector:
 
 
 def _re(pattern: str, flags: int = 0) -> regex.Pattern:
-    return regex.compile(pattern, flags | regex.VERSION1)
+    # (?-f): simple case folding. Full folding (ß = "ss") makes a caseless pattern with bounded
+    # repeats backtrack exponentially on text like "token ßßßß…" (seconds per request).
+    return regex.compile(SIMPLE_CASE + pattern, flags | regex.VERSION1)
+
+
+SIMPLE_CASE = "(?-f)"
 
 
 def _phone(value: str) -> bool:

@@ -1,0 +1,97 @@
+"""The multi-pattern prefilter: it may report a detector that does not match, never miss one
+that does. Checked by comparing the engine with and without it on hard inputs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.support.corpus import generate
+from tests.support.secrets import NEGATIVE, POSITIVE
+from tollgate.dlp import prefilter
+from tollgate.dlp.detectors import BUILTIN
+from tollgate.dlp.engine import Engine
+
+WITH, WITHOUT = Engine(BUILTIN), Engine(BUILTIN, prefilter=False)
+# Around a value: Unicode word characters, symbols, invisible characters, wide forms.
+SURROUNDINGS = ["", " ", "é", "→", "_", "-", "\u200b", "Ａ", "日本", "\u00a0", "K", "\u212a", "ß", "١٢٣"]
+
+
+def findings(engine: Engine, text: str) -> list[tuple]:
+    return sorted((m.detector, m.start, m.end) for m in engine.scan(text))
+
+
+@pytest.mark.skipif(not WITH._multi.active, reason="hyperscan is not available on this platform")
+def test_hyperscan_takes_every_builtin_but_the_caseless_one():
+    assert WITH._multi.always == {"generic_secret"}
+
+
+@pytest.mark.parametrize("label", sorted(POSITIVE))
+def test_never_misses_a_positive_whatever_surrounds_it(label):
+    _, value = POSITIVE[label]
+    rng = random.Random(label)
+    for before in SURROUNDINGS:
+        for after in rng.sample(SURROUNDINGS, 5):
+            text = f"x{before}{value}{after}y"
+            assert findings(WITH, text) == findings(WITHOUT, text), (label, before, after)
+
+
+@pytest.mark.parametrize("label", sorted(NEGATIVE))
+def test_same_answer_on_near_misses(label):
+    _, value = NEGATIVE[label]
+    assert findings(WITH, value) == findings(WITHOUT, value)
+
+
+def test_same_answer_on_the_benign_corpus_with_unicode_noise():
+    rng = random.Random(3)
+    for _, body in generate(300, 11):
+        text = body.decode("utf-8", "replace")
+        cut = rng.randrange(len(text) + 1)
+        text = text[:cut] + rng.choice(SURROUNDINGS) + text[cut:]
+        assert findings(WITH, text) == findings(WITHOUT, text)
+
+
+def test_a_clean_text_needs_no_detector():
+    assert WITH._multi.candidates('{"id": 17, "name": "widget", "tags": ["a", "b"]}') in ({"generic_secret"}, None)
+
+
+@pytest.mark.parametrize("source, loose", [
+    (r"\bAKIA[A-Z2-7]{16}\b", "AKIA[A-Z2-7]{16}"),
+    (r"(?<![\w-])\d{3}(?![\d-])", r"[\d\x{80}-\x{10FFFF}]{3}"),
+    (r"[\w.-]{0,40}x", r"[\w\x{80}-\x{10FFFF}.-]{0,}x"),
+    (r"[^\s:/@]{1,64}", r"[^\s:/@]{1,}"),  # widening inside a negated class would narrow it
+    (r"[\s\S]{64,16384}?", r"[\s\x{80}-\x{10FFFF}\S]{32,}?"),
+    (r"\w{82}", r"[\w\x{80}-\x{10FFFF}]{32,}"),
+    (r"a{2,}", "a{2,}"),
+    (r"(?:x(?=y))+", "(?:x)+"),
+])
+def test_loosen(source, loose):
+    assert prefilter.loosen(source) == loose
+
+
+@pytest.mark.parametrize("source", [r"\p{L}+", "[a-z", r"(?<!x"])
+def test_unknown_syntax_is_refused_and_the_detector_always_runs(source):
+    with pytest.raises(ValueError):
+        prefilter.loosen(source)
+    p = prefilter.Prefilter([("custom", source, False), ("digits", r"\d{4}", False)])
+    if p.active:
+        assert p.candidates("nothing here") == {"custom"}
+
+
+@pytest.mark.parametrize("text", [
+    "github_pat_" + "é" * 82,
+    "glpat-" + "日" * 20,
+    "sk-ant-api03-" + "ü" * 93 + "AA",
+    "AIza" + "ß" * 35,
+    "SG." + "ñ" * 22 + "." + "ø" * 43,
+])
+def test_never_misses_unicode_word_characters_inside_a_match(text):
+    # `regex` \w is Unicode: these match the detectors' patterns, so the prefilter must let them through
+    assert findings(WITH, text) == findings(WITHOUT, text)
+
+
+@pytest.mark.parametrize("text", ["token " + "ß" * 200, "api_key=" + "ß" * 200, "ß" * 500, "password: " + "ﬀ" * 100])
+def test_caseless_detector_does_not_backtrack_on_case_folding(text):
+    # With full case folding (ß = "ss") generic_secret took seconds here and timed out.
+    assert WITHOUT.scan(text) == [] and WITH.scan(text) == []
