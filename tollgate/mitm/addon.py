@@ -217,8 +217,14 @@ class Tollgate:
                 check_replaceable(old.policy, runtime.policy, ctx.options.tollgate_audit_path)
                 # Last, as nothing after it can fail: a new intermediate if the policy intercepts new names.
                 intermediate = await asyncio.to_thread(cover_policy, confdir, runtime.policy)
-            except (PolicyError, CaError, TrustError, EvidenceError, ReloadError, OSError) as e:
-                error = f"{type(e).__name__}: {e}" if isinstance(e, OSError) else str(e)
+            except Exception as e:  # whatever went wrong, the running policy stays
+                if isinstance(e, (PolicyError, CaError, TrustError, EvidenceError, ReloadError)):
+                    error = str(e)
+                elif isinstance(e, OSError):
+                    error = f"{type(e).__name__}: {e}"
+                else:
+                    logger.exception("tollgate: unexpected error while reloading the policy")
+                    error = f"internal error ({type(e).__name__}); see the console log"
                 logger.error("tollgate: policy %s not reloaded (%s); the running policy stays in force:\n%s",
                              path, trigger, error)
                 self._write(lifecycle_event(
