@@ -57,6 +57,8 @@ def request(body: bytes, content_type: str = "application/json", encoding: str =
 
 CONTAINERS = {
     "json": lambda v: (json.dumps({"data": {"items": [v]}}).encode(), "application/json", "", "/", ()),
+    # PHP's json_encode and others escape every "/" as "\/" and quotes inside strings as \".
+    "json_escaped_slashes": lambda v: (json.dumps({"v": v}).replace("/", "\\/").encode(), "application/json", "", "/", ()),
     "json_unicode_escaped": lambda v: (json.dumps({"v": v}, ensure_ascii=True).encode().replace(b'"v"', b'"\\u0076"'),
                                        "application/json", "", "/", ()),
     "form": lambda v: (f"a=1&field={quote(v)}".encode(), "application/x-www-form-urlencoded", "", "/", ()),
@@ -76,8 +78,8 @@ CONTAINERS = {
     "zero_width": lambda v: ("\u200b".join(v).encode(), "text/plain", "", "/", ()),
 }
 
-# One representative per family for the container matrix (all detectors run in every one).
-MATRIX = ["aws_access_key_id", "github_token", "stripe_live", "jwt", "visa", "iban_de", "us_ssn", "email"]
+# Every positive example in every container and encoding.
+MATRIX = sorted(POSITIVE)
 
 
 @pytest.mark.parametrize("container", list(CONTAINERS))

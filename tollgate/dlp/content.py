@@ -154,7 +154,8 @@ def decode_text(data: bytes, charset: str) -> str:
 def quick_view(path: str, headers: list[tuple[str, str]], body: bytes, content_type: str) -> str | None:
     """Everything as one text, when scanning it raw finds what a structured scan would.
 
-    JSON with \\u escapes and forms with percent-encoding need parsing first (None).
+    Text with backslash escapes (JSON's \\u, \\" and \\/, which PHP and others write for every
+    slash) is parsed first (None): raw, an escape splits a value and hides it from a detector.
     """
     media = (content_type or "").split(";")[0].strip().lower()
     charset = _CHARSET.search(content_type or "")
@@ -164,7 +165,7 @@ def quick_view(path: str, headers: list[tuple[str, str]], body: bytes, content_t
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if "\\u" in text:
+    if "\\" in text:
         return None
     if media == "application/x-www-form-urlencoded":
         text = unquote_plus(text)
