@@ -95,3 +95,38 @@ def test_never_misses_unicode_word_characters_inside_a_match(text):
 def test_caseless_detector_does_not_backtrack_on_case_folding(text):
     # With full case folding (ß = "ss") generic_secret took seconds here and timed out.
     assert WITHOUT.scan(text) == [] and WITH.scan(text) == []
+
+
+KEYWORDS = tuple(sorted({k for d in BUILTIN for k in d.keywords}))
+
+
+@pytest.mark.skipif(not WITH._multi.active, reason="hyperscan is not available on this platform")
+def test_keyword_gate_agrees_with_lowercase_search_on_ascii_text():
+    from tollgate.dlp.engine import _DIGIT_RUN, _DIGIT_RUN_ASCII, DIGITS, _Keywords
+
+    gate = prefilter.build_keyword_gate(KEYWORDS, DIGITS, _DIGIT_RUN_ASCII)
+    rng = random.Random(7)
+    pieces = ["KeY", "SeCrEt", "toKEN", "PASSWD", "pwd", "Credential", "12 34-56", "1234 5", "123456", "k e y",
+              "monkey", "tok en", " ", "x", "-", "9"]
+    for _ in range(300):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        expected = {k for k in KEYWORDS if (_DIGIT_RUN.search(text) is not None if k == DIGITS else k in text.lower())}
+        assert gate.present(text) == expected, text
+        assert _Keywords(text, None).any_of(KEYWORDS) == bool(expected)
+    # Non-ASCII text: str.lower() is not ASCII case folding (U+212A KELVIN SIGN lowers to "k"),
+    # so the gate declines and the engine searches in Python.
+    assert gate.present("\u212aey") is None
+    assert _Keywords("\u212aey", gate).any_of(("key",))
+
+
+def test_base64_runs_are_the_maximal_runs_of_twelve_or_more():
+    import re
+
+    from tollgate.dlp.content import _b64_runs
+
+    reference = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{12,}")
+    rng = random.Random(3)
+    alphabet = ["a", "Z", "0", "+", "/", "_", "-", "=", " ", ".", "é", "\u212a", "\ud800", "\n", "日"]
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) if rng.random() < 0.3 else "Ab9" for _ in range(rng.randint(0, 40)))
+        assert _b64_runs(text) == [m.group() for m in reference.finditer(text)], repr(text)

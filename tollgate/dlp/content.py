@@ -21,7 +21,6 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode
 
 import brotli
-import regex
 import zstandard
 
 from tollgate.dlp.prefilter import build as build_prefilter
@@ -306,39 +305,36 @@ def _multipart_slots(body: bytes, content_type: str) -> list[Slot]:
 
 # --- encoded layers ---------------------------------------------------------------------
 
-# Candidate finders. Each starts only where a run starts (the lookbehind), so every character
-# is looked at a bounded number of times: linear in the text, which is why the stdlib `re`
-# (several times faster than `regex` here) needs no timeout. Contiguous hex is a base64-class
-# run and is found through _B64; _HEX_SEPARATED finds "aa:bb:cc..." and "aa bb cc ...".
-_B64 = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{12,}={0,2}")
+# Candidate finders. Each is linear in the text (a run is looked at from its start only), which
+# is why the stdlib `re` (several times faster than `regex` here) needs no timeout. Contiguous
+# hex is a base64-class run and is found through _b64_runs; _HEX_SEPARATED finds "aa:bb:cc..."
+# and "aa bb cc ...".
+_B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
+_B64_MASK = bytes(ord("a") if c in _B64_CHARS else ord(" ") for c in range(256))
+_B64_MIN_RUN = 12
 _HEX_TOKEN = re.compile(r"(?:[0-9a-fA-F]{2}){16,}")
 _HEX_SEPARATED = re.compile(r"(?<![0-9a-fA-F:])[0-9a-fA-F]{2}(?:[:\s][0-9a-fA-F]{2}){15,}")
 _HEX_TRIGGER = build_prefilter((("hex", _HEX_SEPARATED.pattern, False),))
-_PERCENT = regex.compile(r"%[0-9a-fA-F]{2}")
-_ENTITY = regex.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
-LAYER_TIMEOUT = 0.5
+_PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
+_ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
 
 
 def peel_layers(slot: Slot, depth: int = 0) -> list[Slot]:
     """Decoded views of encoded text inside a slot (never rewritable: a hit there blocks)."""
     if depth >= MAX_LAYER_DEPTH:
         return []
-    try:
-        return _peel(slot, depth)
-    except TimeoutError:
-        raise Uninspectable("scan_incomplete", "decoding the content's layers took too long") from None
+    return _peel(slot, depth)
 
 
 def _peel(slot: Slot, depth: int) -> list[Slot]:
     found: list[Slot] = []
     text = slot.text
-    if _PERCENT.search(text, timeout=LAYER_TIMEOUT):
+    if "%" in text and _PERCENT.search(text):
         found.append(Slot(slot.where, unquote(text), slot.layers + ("percent",)))
-    if _ENTITY.search(text, timeout=LAYER_TIMEOUT):
+    if "&" in text and _ENTITY.search(text):
         found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
     hex_runs: list[str] = []
-    for m in _B64.finditer(text):
-        token = m.group()
+    for token in _b64_runs(text):
         if len(token) >= 32:
             hex_runs += [h.group() for h in _HEX_TOKEN.finditer(token)]
         if token == token.lower() or token == token.upper():
@@ -357,6 +353,23 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
             found.append(Slot(slot.where, decoded, slot.layers + ("hex",)))
     deeper = [d for f in found for d in _peel(f, depth + 1)] if depth + 1 < MAX_LAYER_DEPTH else []
     return found + deeper
+
+
+def _b64_runs(text: str) -> list[str]:
+    """Every maximal run of base64/base64url characters at least _B64_MIN_RUN long ("=" padding
+    left out: _b64 restores it). Masking to bytes and searching with bytes.find is ten times
+    faster than a regex walk over ordinary text, where long runs are rare."""
+    raw = text.encode("utf-8", "surrogatepass")  # non-ASCII becomes bytes >= 0x80: separators
+    masked = raw.translate(_B64_MASK)
+    needle = b"a" * _B64_MIN_RUN
+    runs = []
+    start = masked.find(needle)
+    while start != -1:  # found from the left, so a run's first character: the one before is a separator
+        end = masked.find(b" ", start + _B64_MIN_RUN)
+        end = len(masked) if end == -1 else end
+        runs.append(raw[start:end].decode("ascii"))
+        start = masked.find(needle, end)
+    return runs
 
 
 def _separated_hex_possible(text: str) -> bool:

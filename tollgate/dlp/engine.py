@@ -6,6 +6,7 @@ a timeout becomes a ``scan_incomplete`` finding, never a silent pass.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import regex
@@ -17,6 +18,7 @@ from tollgate.policy.model import DlpSettings
 
 PATTERN_TIMEOUT = 0.5  # seconds per detector per text
 _DIGIT_RUN = regex.compile(r"\d(?:[ -]?\d){5}")
+_DIGIT_RUN_ASCII = r"[0-9](?:[ -]?[0-9]){5}"  # the same on ASCII text, for hyperscan
 # Catch-all detectors give way to a specific one on the same characters.
 _CATCH_ALL = frozenset({"generic_secret", "email"})
 
@@ -44,6 +46,8 @@ class Engine:
         self.prefilter = prefilter  # off only in the benchmark and tests, to prove it changes no finding
         self._multi = prefilters.build(tuple((d.id, d.pattern.pattern, bool(d.pattern.flags & regex.IGNORECASE))
                                              for d in detectors)) if prefilter else None
+        keywords = tuple(sorted({k for d in detectors for k in d.keywords}))
+        self._keyword_gate = prefilters.build_keyword_gate(keywords, DIGITS, _DIGIT_RUN_ASCII) if prefilter else None
 
     @classmethod
     def for_policy(cls, dlp: DlpSettings) -> "Engine":
@@ -54,31 +58,29 @@ class Engine:
         candidates = self._multi.candidates(view.text) if self._multi else None
         if candidates is not None and not candidates:
             return []  # the usual case: a clean text, one pass
-        lowered = view.text.lower()
-        has_digits = _DIGIT_RUN.search(view.text) is not None
+        keywords = _Keywords(view.text, self._keyword_gate)
         matches: list[Match] = []
         for detector in self.detectors:
             if candidates is not None and detector.id not in candidates:
                 continue
-            if self.prefilter and detector.keywords and not any(
-                    has_digits if k == DIGITS else k in lowered for k in detector.keywords):
+            if self.prefilter and detector.keywords and not keywords.any_of(detector.keywords):
                 continue
             try:
                 found = detector.pattern.finditer(view.text, timeout=PATTERN_TIMEOUT)
                 for m in found:
-                    matches.extend(self._confirm(detector, m, view, lowered))
+                    matches.extend(self._confirm(detector, m, view))
             except TimeoutError:
                 raise ScanIncomplete(detector.id) from None
         specific = [m for m in matches if m.detector not in _CATCH_ALL]
         return [m for m in matches if m.detector not in _CATCH_ALL
                 or not any(o.start < m.end and m.start < o.end for o in specific)]
 
-    def _confirm(self, detector: Detector, m: regex.Match, view, lowered: str) -> list[Match]:
+    def _confirm(self, detector: Detector, m: regex.Match, view) -> list[Match]:
         group = "v" if "v" in detector.pattern.groupindex else 0
         value = m.group(group)
         start, end = m.span(group)
         if detector.context:
-            window = lowered[max(0, start - 64):start]
+            window = view.text[max(0, start - 64):start].lower()
             if not any(word in window for word in detector.context):
                 return []
         if detector.validate and not detector.validate(value):
@@ -86,3 +88,29 @@ class Engine:
         placeholder = bool(detector.placeholder and detector.placeholder(value))
         o_start, o_end = view.to_original(start, end)
         return [Match(detector.id, o_start, o_end, value, placeholder)]
+
+
+class _Keywords:
+    """Which detector keywords a text holds: one hyperscan pass for ASCII text, else the
+    lowercased text and a digit-run search, each done at most once and only when asked."""
+
+    def __init__(self, text: str, gate: prefilters.KeywordGate | None):
+        self.text = text
+        self.gate = gate
+
+    @functools.cached_property
+    def present(self) -> set[str] | None:
+        return self.gate.present(self.text) if self.gate else None
+
+    @functools.cached_property
+    def lowered(self) -> str:
+        return self.text.lower()
+
+    @functools.cached_property
+    def has_digits(self) -> bool:
+        return _DIGIT_RUN.search(self.text) is not None
+
+    def any_of(self, keywords: tuple[str, ...]) -> bool:
+        if self.present is not None:
+            return any(k in self.present for k in keywords)
+        return any(self.has_digits if k == DIGITS else k in self.lowered for k in keywords)

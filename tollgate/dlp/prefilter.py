@@ -193,3 +193,53 @@ def _compiles(source: str) -> bool:
     except hyperscan.error:
         logger.info("tollgate: DLP prefilter cannot take a pattern; its detector always runs")
         return False
+
+
+@functools.lru_cache(maxsize=16)
+def build_keyword_gate(keywords: tuple[str, ...], digits_marker: str, digits_pattern: str) -> "KeywordGate":
+    return KeywordGate(keywords, digits_marker, digits_pattern)
+
+
+class KeywordGate:
+    """Which detector keywords occur in a text, in one hyperscan pass instead of one substring
+    search per keyword over the lowercased text. Exact for ASCII text only (ASCII caseless
+    matching equals str.lower() there); for any other text `present` says None and the engine
+    checks in Python."""
+
+    def __init__(self, keywords: tuple[str, ...], digits_marker: str, digits_pattern: str):
+        self._names: list[str] = []
+        self._db = None
+        if hyperscan is None:
+            return
+        expressions, flags = [], []
+        for keyword in keywords:
+            if keyword == digits_marker:
+                expressions.append(digits_pattern.encode())
+                flags.append(hyperscan.HS_FLAG_SINGLEMATCH)
+            elif keyword.isascii():
+                expressions.append("".join(f"\\x{b:02x}" for b in keyword.encode()).encode())
+                flags.append(hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_CASELESS)
+            else:
+                return  # a non-ASCII keyword: ASCII caseless matching cannot stand in for lower()
+            self._names.append(keyword)
+        if expressions:
+            self._db = hyperscan.Database()
+            self._db.compile(expressions=expressions, ids=list(range(len(expressions))),
+                             elements=len(expressions), flags=flags)
+            self._scratch = hyperscan.Scratch(self._db)
+            self._local = threading.local()
+
+    def present(self, text: str) -> set[str] | None:
+        if self._db is None or not text.isascii():
+            return None
+        found: set[str] = set()
+        names = self._names
+
+        def on_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
+            found.add(names[index])
+
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = self._scratch.clone()
+        self._db.scan(text.encode("ascii"), match_event_handler=on_match, scratch=scratch)
+        return found
