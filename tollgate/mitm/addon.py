@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import server_hooks
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from tollgate.audit.events import decision_event, lifecycle_event, new_incident_id
 from tollgate.audit.evidence import EvidenceError
@@ -46,7 +46,7 @@ from tollgate.policy.hosts import normalize_host
 from tollgate.policy.loader import PolicyError
 from tollgate.policy.model import Policy
 from tollgate.tls.ca import CaError, load_status
-from tollgate.tls.pins import CertFacts, chain_matches_pins
+from tollgate.tls.pins import CertFacts, chain_matches_pins, facts_of_der
 from tollgate.ops_server import start_ops_server
 from tollgate.tls.trust import TrustError
 
@@ -433,7 +433,7 @@ class Tollgate:
 
         def verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
             try:
-                facts = CertFacts.of(cert.to_cryptography())
+                facts = facts_of_der(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
                 state.upstream_chain[depth] = facts
                 if not ok:
                     return False

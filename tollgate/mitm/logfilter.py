@@ -12,6 +12,7 @@ from typing import Callable
 SERVER_LOGGER = "mitmproxy.proxy.server"
 _INCOMPLETE = "Client closed connection before completing request headers"
 _PARSE_ERROR = re.compile(r"^(?P<addr>\S+): (?P<kind>[A-Za-z][A-Za-z0-9 /]{0,80})(?::|$)")
+_PARSE_ERROR_WORDS = re.compile(r"HTTP|[Rr]equest|[Hh]eader")
 
 
 class ProtocolErrorFilter(logging.Filter):
@@ -29,7 +30,7 @@ class ProtocolErrorFilter(logging.Filter):
             else:
                 match = _PARSE_ERROR.match(message)
                 kind = match.group("kind").strip() if match and record.levelno <= logging.INFO else ""
-                if not any(w in kind for w in ("HTTP", "request", "header", "Header", "Request")):
+                if not _PARSE_ERROR_WORDS.search(kind):
                     return record.levelno >= self.passes_at  # not a parse error: as before
             record.msg, record.args = f"client protocol error: {kind} (raw bytes not logged)", ()
             self.on_error(client, kind)

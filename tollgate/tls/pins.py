@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -38,3 +39,10 @@ class CertFacts:
 def chain_matches_pins(chain_pins: list[str], pins: tuple[str, ...]) -> bool:
     """A pin may match any certificate of the verified chain (leaf, intermediate or root)."""
     return bool(set(chain_pins) & set(pins))
+
+
+@functools.lru_cache(maxsize=256)
+def facts_of_der(der: bytes) -> CertFacts:
+    """CertFacts of a DER certificate, cached: every new upstream connection presents the
+    same few chains, and parsing them again costs more than the rest of the TLS checks."""
+    return CertFacts.of(x509.load_der_x509_certificate(der))
