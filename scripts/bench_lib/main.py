@@ -35,7 +35,7 @@ from profile_tollgate import START_SIGNAL, STOP_SIGNAL  # noqa: E402
 from servers import REPO, MitmDump, Nginx, Squid, StartError, Tollgate, command_output  # noqa: E402
 
 HOST = "localhost"  # resolves to 127.0.0.1 from /etc/hosts for mitmdump and Squid; Tollgate pins it via `network.resolve`
-SYSTEMS = ["direct", "mitmdump", "tollgate", "squid"]
+SYSTEMS = ["direct", "mitmdump", "tollgate", "tollgate-2w", "squid"]  # tollgate-2w: `--workers 2`
 TARGETS = {1024: 0.90, 65536: 0.85}  # Tollgate req/s >= this share of bare mitmdump's (keep-alive)
 P99_TARGET_MS = 2.0  # p99 latency Tollgate adds over bare mitmdump, 1 KB bodies
 
@@ -146,22 +146,25 @@ def upstream_since(nginx: Nginx, offset: int, size: int) -> dict:
     return {"requests": len(lines), "protocols": dict(protocols), "statuses": dict(statuses), "bad_bodies": bad}
 
 
-def audit_since(path: Path, offset: int) -> tuple[dict, int]:
-    """Counts of audit `event.action` values written since line `offset`."""
-    if not path.exists():
-        return {}, offset
-    lines = path.read_text(errors="replace").splitlines()
+def audit_since(paths: list[Path], offsets: dict[Path, int]) -> dict:
+    """Counts of audit `event.action` values written since the line `offsets[path]` of each
+    log; moves the offsets to the end."""
     actions: Counter = Counter()
-    for line in lines[offset:]:
-        try:
-            actions[json.loads(line).get("event", {}).get("action", "?")] += 1
-        except json.JSONDecodeError:
-            actions["<unparseable>"] += 1
-    return dict(actions), len(lines)
+    for path in paths:
+        if not path.exists():
+            continue
+        lines = path.read_text(errors="replace").splitlines()
+        for line in lines[offsets.get(path, 0):]:
+            try:
+                actions[json.loads(line).get("event", {}).get("action", "?")] += 1
+            except json.JSONDecodeError:
+                actions["<unparseable>"] += 1
+        offsets[path] = len(lines)
+    return dict(actions)
 
 
 def measure(args, scenario: Scenario, system: str, svc, nginx: Nginx, body_files: dict[int, list[Path]],
-            audit_offset: list[int], on_start=None, on_end=None) -> Run:
+            audit_offsets: dict[Path, int], on_start=None, on_end=None) -> Run:
     run = Run(scenario, system)
     cmd = [sys.executable, str(HERE / "loadgen.py"), "--host", HOST, "--port", str(nginx.port),
            "--http", scenario.http, "--mode", scenario.mode, "--concurrency", str(scenario.concurrency),
@@ -210,8 +213,8 @@ def measure(args, scenario: Scenario, system: str, svc, nginx: Nginx, body_files
             run.peak_rss = sampler.stop()
     time.sleep(0.3)  # let nginx finish writing its log lines
     run.upstream = upstream_since(nginx, log_offset, scenario.size)
-    if system == "tollgate":
-        run.audit, audit_offset[0] = audit_since(svc.audit_path, audit_offset[0])
+    if system.startswith("tollgate"):
+        run.audit = audit_since(svc.audit_paths, audit_offsets)
     if proxy_pid and svc.proc.poll() is not None:
         run.note += f" {system} EXITED with status {svc.proc.returncode} during this scenario"
     return run
@@ -223,7 +226,7 @@ def fmt(value: float, digits: int = 1) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-HEADER = (f"{'system':<9} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'proxy CPU s':>11} "
+HEADER = (f"{'system':<11} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'proxy CPU s':>11} "
           f"{'CPU ms/req':>10} {'peak RSS MB':>11} {'client CPU s':>12} {'nginx CPU s':>11} {'other CPU s':>11} "
           f"{'x mitmdump':>10} {'+p99 ms':>7}")
 
@@ -231,7 +234,7 @@ HEADER = (f"{'system':<9} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}
 def row(run: Run, base: Run | None) -> str:
     r = run.result
     if not r:
-        return f"{run.system:<9} {'n/a' if run.note.startswith('n/a') else 'FAILED':>8}  {run.note}"
+        return f"{run.system:<11} {'n/a' if run.note.startswith('n/a') else 'FAILED':>8}  {run.note}"
     errors = sum(r.get("errors", {}).values()) + sum(v for k, v in r.get("statuses", {}).items() if k != "200")
     ok = r.get("ok", 0)
     cpu_per_req = run.proxy_cpu_s * 1000 / ok if ok and not math.isnan(run.proxy_cpu_s) else math.nan
@@ -239,7 +242,7 @@ def row(run: Run, base: Run | None) -> str:
     if base and base.result and run is not base and run.system != "direct":
         ratio = run.rps / base.rps if base.rps else math.nan
         plus = run.p99 - base.p99
-    line = (f"{run.system:<9} {fmt(run.rps, 0):>7} {fmt(r['p50_ms'], 2):>7} {fmt(r['p99_ms'], 2):>7} {errors:>6} "
+    line = (f"{run.system:<11} {fmt(run.rps, 0):>7} {fmt(r['p50_ms'], 2):>7} {fmt(r['p99_ms'], 2):>7} {errors:>6} "
             f"{fmt(run.proxy_cpu_s, 2):>11} {fmt(cpu_per_req, 2):>10} "
             f"{fmt(run.peak_rss / 2**20 if run.peak_rss else math.nan, 0):>11} {fmt(r['client_cpu_s'], 2):>12} "
             f"{fmt(run.upstream_cpu_s, 2):>11} {fmt(run.other_cpu_s, 2):>11} "
@@ -303,6 +306,15 @@ def print_targets(all_runs: dict[Scenario, list[Run]], out) -> None:
             checks.append(f"p99 {'+' if plus >= 0 else ''}{plus:.2f} ms")
         print(f"{scenario.label:<52} {'; '.join(checks)}", file=out)
     print("```", file=out)
+    scaled = [(s, tg, two) for s, runs in all_runs.items()
+              for tg in [next((r for r in runs if r.system == "tollgate" and r.result), None)]
+              for two in [next((r for r in runs if r.system == "tollgate-2w" and r.result), None)] if tg and two]
+    if scaled:
+        print("\n## Scale-out: Tollgate with 2 workers vs 1 (`--workers 2`, SO_REUSEPORT)", file=out)
+        print("```", file=out)
+        for scenario, tg, two in scaled:
+            print(f"{scenario.label:<52} req/s {tg.rps:.0f} -> {two.rps:.0f}: {two.rps / tg.rps:.2f}x", file=out)
+        print("```", file=out)
 
 
 # --- profile mode ---------------------------------------------------------------------------
@@ -370,7 +382,7 @@ def profile_mode(args, work: Path, upstream_ca: Path, nginx: Nginx, body_files, 
         tollgate.start()
         recorder = pyspy.Recorder(tollgate.pid, raw)
         print(f"\nprofiling Tollgate with py-spy (sampling, 250 Hz): {scenario.label}, {args.duration:g} s", file=out)
-        run = measure(args, scenario, "tollgate", tollgate, nginx, body_files, [0],
+        run = measure(args, scenario, "tollgate", tollgate, nginx, body_files, {},
                       on_start=recorder.start, on_end=recorder.stop)
         tollgate.stop(timeout=60)
         print_scenario(scenario, [run], out)
@@ -384,7 +396,7 @@ def profile_mode(args, work: Path, upstream_ca: Path, nginx: Nginx, body_files, 
     tollgate.start()
     print(f"\nprofiling Tollgate under cProfile: {scenario.label}, {args.duration:g} s "
           f"(cProfile slows Tollgate down; compare req/s with a normal run, not with this one)", file=out)
-    run = measure(args, scenario, "tollgate", tollgate, nginx, body_files, [0],
+    run = measure(args, scenario, "tollgate", tollgate, nginx, body_files, {},
                   on_start=lambda: os.kill(tollgate.pid, START_SIGNAL),
                   on_end=lambda: os.kill(tollgate.pid, STOP_SIGNAL))
     tollgate.stop(timeout=60)
@@ -474,6 +486,9 @@ def main() -> int:
         if "tollgate" in systems:
             proxies["tollgate"] = Tollgate(work, HOST, nginx.port, upstream_ca, quiet=not args.tollgate_verbose,
                                            extra=args.tollgate_arg)
+        if "tollgate-2w" in systems:
+            proxies["tollgate-2w"] = Tollgate(work, HOST, nginx.port, upstream_ca, quiet=not args.tollgate_verbose,
+                                              extra=args.tollgate_arg, workers=2)
         if "squid" in systems:
             squid_ca, squid_key = make_squid_ca(work / "pki")
             proxies["squid"] = Squid(work, upstream_ca, squid_ca, squid_key)
@@ -492,9 +507,10 @@ def main() -> int:
         scenarios = [Scenario(m, parse_size(s), h, int(c)) for m in csv(args.modes) for s in csv(args.sizes)
                      for h in csv(args.http) for c in csv(args.concurrency)]
         all_runs: dict[Scenario, list[Run]] = {}
-        audit_offset = [0]
-        if "tollgate" in order:
-            _, audit_offset[0] = audit_since(proxies["tollgate"].audit_path, 0)
+        audit_offsets: dict[Path, int] = {}
+        for name in order:
+            if name.startswith("tollgate"):
+                audit_since(proxies[name].audit_paths, audit_offsets)  # start-up events are not counted
         for scenario in scenarios:
             measured: dict[str, list[Run]] = {s: [] for s in order}
             for rep in range(args.repeat):
@@ -503,7 +519,7 @@ def main() -> int:
                     svc = proxies.get(system)
                     if scenario.http == "2" and svc is not None and not svc.supports_h2:
                         continue
-                    measured[system].append(measure(args, scenario, system, svc, nginx, body_files, audit_offset))
+                    measured[system].append(measure(args, scenario, system, svc, nginx, body_files, audit_offsets))
             runs = []
             for system in order:
                 if not measured[system]:
@@ -600,13 +616,14 @@ def print_health(proxies: dict, out) -> None:
         print(f"- {name}: {status}; console {len(lines)} lines, {len(suspicious)} with error/warning/traceback", file=out)
         for line in suspicious[:8]:
             print(f"    {line[:200]}", file=out)
-        if name == "tollgate":
-            actions, n = audit_since(svc.audit_path, 0)
-            print(f"    audit log: {n} events {actions}", file=out)
-            verify = subprocess.run([str(Path(sys.executable).parent / "tollgate"), "audit", "verify", "--log",
-                                     str(svc.audit_path)], capture_output=True, text=True)
-            print(f"    tollgate audit verify: exit {verify.returncode}: "
-                  f"{(verify.stdout + verify.stderr).strip()[-500:]}", file=out)
+        if name.startswith("tollgate"):
+            actions = audit_since(svc.audit_paths, {})
+            print(f"    audit log: {sum(actions.values())} events {actions}", file=out)
+            for path in svc.audit_paths:
+                verify = subprocess.run([str(Path(sys.executable).parent / "tollgate"), "audit", "verify", "--log",
+                                         str(path)], capture_output=True, text=True)
+                print(f"    tollgate audit verify {path.relative_to(svc.dir)}: exit {verify.returncode}: "
+                      f"{(verify.stdout + verify.stderr).strip()[-500:]}", file=out)
 
 
 if __name__ == "__main__":

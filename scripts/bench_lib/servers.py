@@ -223,8 +223,11 @@ class Tollgate(Service):
     name = "tollgate"
 
     def __init__(self, workdir: Path, host: str, upstream_port: int, upstream_ca: Path, *, quiet: bool = True,
-                 profile_out: Path | None = None, extra: list[str] | None = None):
+                 profile_out: Path | None = None, extra: list[str] | None = None, workers: int = 1):
+        if workers > 1:
+            self.name = f"tollgate-{workers}w"
         super().__init__(workdir)
+        self.workers = workers
         self.ca_dir, self.audit_dir = self.dir / "ca", self.dir / "audit"
         self.audit_path = self.audit_dir / "audit.jsonl"
         self.policy = write_policy(self.dir / "policy.yaml", host, upstream_port, upstream_ca, self.audit_path)
@@ -234,18 +237,28 @@ class Tollgate(Service):
     def command(self) -> list[str]:
         args = ["run", "--policy", str(self.policy), "--listen", "127.0.0.1:0", "--ca-dir", str(self.ca_dir),
                 "--audit-dir", str(self.audit_dir), "--grace", "2", *self.extra]
+        if self.workers > 1:
+            args += ["--workers", str(self.workers)]
         if self.quiet:
             args.append("--quiet")
         if self.profile_out:
             return [sys.executable, str(Path(__file__).with_name("profile_tollgate.py")), str(self.profile_out), *args]
         return [str(VENV_BIN / "tollgate"), *args]
 
+    @property
+    def audit_paths(self) -> list[Path]:
+        """One audit log, or one per worker (AUDIT_DIR/worker-I/audit.jsonl)."""
+        if self.workers == 1:
+            return [self.audit_path]
+        return [self.audit_dir / f"worker-{i}" / "audit.jsonl" for i in range(self.workers)]
+
     def start(self, timeout: float = 60) -> "Tollgate":
         self._spawn(self.command())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = LISTEN_LINE.search(self.log.read_bytes())
-            if match:
+            console = self.log.read_bytes()
+            match = LISTEN_LINE.search(console)
+            if match and (self.workers == 1 or b"workers)" in console):  # the supervisor: every worker listens
                 self.proxy = f"{match.group(1).decode()}:{int(match.group(2))}"
                 wait_port(int(match.group(2)), self.proc, self.log)
                 return self
