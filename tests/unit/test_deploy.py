@@ -29,7 +29,7 @@ def run_options() -> set[str]:
 
 def manifests() -> list[dict]:
     docs = []
-    for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
+    for path in sorted((DEPLOY / "kubernetes").rglob("*.yaml")):
         if path.name != "kustomization.yaml":
             docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
@@ -71,8 +71,30 @@ def test_network_policies_make_the_proxy_the_only_way_out():
     assert app["podSelector"] == {} and app["policyTypes"] == ["Egress"]
     ports = sorted(p["port"] for rule in app["egress"] for p in rule["ports"])
     assert ports == [53, 53, 3128]  # DNS and the proxy, nothing else
+    # Applied with `kubectl -n <namespace>` in each application namespace: it names none.
+    assert "namespace" not in policies["egress-only-via-tollgate"]["metadata"]
     proxy = policies["tollgate-egress"]["spec"]["egress"][0]["to"][0]["ipBlock"]
     assert proxy["cidr"] == "0.0.0.0/0" and "169.254.0.0/16" in proxy["except"] and "10.0.0.0/8" in proxy["except"]
+    # Prometheus can scrape every worker's ops listener.
+    ingress_ports = {p["port"] for rule in policies["tollgate-egress"]["spec"]["ingress"] for p in rule["ports"]}
+    assert ingress_ports == {3128, 9180, 9181}
+
+
+def test_apply_k_never_overwrites_the_ca_secret():
+    listed = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())["resources"]
+    kinds = {d["kind"] for name in listed for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d}
+    assert "Secret" not in kinds
+    deployment = next(d for d in manifests() if d["kind"] == "Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["ca-secret"]["secret"]["secretName"] == "tollgate-ca"
+
+
+def test_the_init_container_changes_only_what_it_copied():
+    # The CA volume's directory belongs to root; chmod on it as uid 10001 fails and the pod
+    # never starts. Only the copied files may be touched.
+    deployment = next(d for d in manifests() if d["kind"] == "Deployment")
+    script = deployment["spec"]["template"]["spec"]["initContainers"][0]["command"][-1]
+    assert not re.search(r"chmod \S+ /ca(\s|$|\")", script), script
 
 
 def test_the_configmap_policy_loads():
