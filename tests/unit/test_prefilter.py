@@ -4,6 +4,7 @@ that does. Checked by comparing the engine with and without it on hard inputs.""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,26 @@ def test_base64_runs_are_the_maximal_runs_of_twelve_or_more():
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) if rng.random() < 0.3 else "Ab9" for _ in range(rng.randint(0, 40)))
         assert _b64_runs(text) == [m.group() for m in reference.finditer(text)], repr(text)
+
+
+def test_a_glance_never_passes_what_a_full_inspection_would_not():
+    """The proxy allows content that is clean at a glance without the full inspection: the
+    glance must never pass a body that inspect_request would not allow."""
+    from tollgate.dlp.inspect import RequestFacts, inspect_request, request_clean_at_a_glance
+    from tollgate.policy.loader import load_policy
+
+    policy = load_policy(Path(__file__).resolve().parents[2] / "policies" / "example.yaml")
+    engine = Engine.for_policy(policy.dlp)
+    bodies = [(ct, body) for ct, body in generate(300, 11)]
+    bodies += [("application/json", b'{"x": "%s"}' % value.encode()) for _, value in POSITIVE.values()]
+    bodies += [("text/plain", value.encode()) for _, value in POSITIVE.values()]
+    glanced = 0
+    for content_type, body in bodies:
+        facts = RequestFacts("/v1/x", [("content-type", content_type)], body, "", content_type, "api.example.org", None)
+        if request_clean_at_a_glance(engine, policy.dlp, facts):
+            glanced += 1
+            assert inspect_request(engine, policy.dlp, b"k" * 32, facts).action == "allow", body[:80]
+    assert glanced > 30  # the glance does pass ordinary clean bodies
+    for _, value in POSITIVE.values():  # and never a known secret
+        facts = RequestFacts("/", [], value.encode(), "", "text/plain", "api.example.org", None)
+        assert not request_clean_at_a_glance(engine, policy.dlp, facts)

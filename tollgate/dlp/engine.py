@@ -75,6 +75,18 @@ class Engine:
         return [m for m in matches if m.detector not in _CATCH_ALL
                 or not any(o.start < m.end and m.start < o.end for o in specific)]
 
+    def may_match(self, text: str) -> bool:
+        """Whether scan() would run any detector's regex on this text: the prefilter passes
+        alone, cheap and linear. False means scan() returns no match."""
+        if self._multi is None:
+            return True
+        view = detection_view(text)
+        candidates = self._multi.candidates(view.text)
+        if candidates is None:
+            return True
+        keywords = _Keywords(view.text, self._keyword_gate)
+        return any(not d.keywords or keywords.any_of(d.keywords) for d in self.detectors if d.id in candidates)
+
     def _confirm(self, detector: Detector, m: regex.Match, view) -> list[Match]:
         group = "v" if "v" in detector.pattern.groupindex else 0
         value = m.group(group)

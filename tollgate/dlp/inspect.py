@@ -104,6 +104,24 @@ def is_clean(engine: Engine, text: str | None) -> bool:
     return not engine.scan(text) and not any(engine.scan(layer.text) for layer in peel_layers(Slot("all", text)))
 
 
+def clean_at_a_glance(engine: Engine, text: str | None) -> bool:
+    """True when the prefilter alone shows that the text and its decoded layers hold nothing
+    any detector could match: the cheap, linear part of an inspection, which the proxy runs
+    on its event loop. False means "inspect fully" (in a worker thread), not "found"."""
+    if text is None:
+        return False
+    return not engine.may_match(text) and not any(engine.may_match(layer.text)
+                                                  for layer in peel_layers(Slot("all", text)))
+
+
+def request_clean_at_a_glance(engine: Engine, dlp: DlpSettings, facts: RequestFacts) -> bool:
+    """clean_at_a_glance for a request within the size limit and with no Content-Encoding
+    (decompressing is not cheap)."""
+    if len(facts.body) > dlp.max_body_bytes or facts.content_encoding.strip().lower() not in ("", "identity"):
+        return False
+    return clean_at_a_glance(engine, quick_view(facts.path, facts.headers, facts.body, facts.content_type))
+
+
 def scan_slots(engine: Engine, slots: list[Slot]) -> list[Finding]:
     joined = Slot("joined", "\n".join(s.text for s in slots))
     if is_clean(engine, joined.text):

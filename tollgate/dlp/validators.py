@@ -51,7 +51,7 @@ def card_number(candidate: str) -> bool:
     digits = "".join(c for c in candidate if c.isdigit())
     if not 12 <= len(digits) <= 19 or len(set(digits)) == 1:
         return False
-    if not any(_iin_matches(digits, ranges) and len(digits) in lengths for ranges, lengths in _CARD_BRANDS):
+    if not any(len(digits) in lengths and _iin_matches(digits, ranges) for ranges, lengths in _CARD_BRANDS):
         return False
     return _luhn.is_valid(digits)
 
