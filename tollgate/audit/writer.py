@@ -60,9 +60,13 @@ class AuditWriter:
                 fcntl.flock(self._file, fcntl.LOCK_EX)
                 try:
                     self._catch_up()
-                    tollgate["chain"]["prev"] = self._prev
-                    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8") + b"\n"
-                    self._maybe_rotate(len(line))
+                    line = self._line(record)
+                    if self._rotation_due(len(line)):
+                        self._rotate()
+                        # Between the rename and our lock on the new file, another process may
+                        # have created it and written there first: continue from what is there.
+                        self._catch_up()
+                        line = self._line(record)
                     self._file.write(line)
                     self._known_size = self._file.tell()
                 finally:
@@ -89,10 +93,16 @@ class AuditWriter:
             self._prev = _last_line_hash(self.path)
             self._known_size = size
 
-    def _maybe_rotate(self, incoming: int) -> None:
+    def _line(self, record: dict[str, Any]) -> bytes:
+        record["tollgate"]["chain"]["prev"] = self._prev
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8") + b"\n"
+
+    def _rotation_due(self, incoming: int) -> bool:
         size = self._file.tell()
-        if size == 0 or size + incoming <= self.rotate_bytes:
-            return
+        return size > 0 and size + incoming > self.rotate_bytes
+
+    def _rotate(self) -> None:
+        """Rename the live file and open a new one; ends holding the lock on the new file."""
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         os.replace(self.path, self.path.with_name(f"{self.path.name}.{stamp}"))  # still holding the lock
         old = self._file
@@ -101,6 +111,7 @@ class AuditWriter:
         fcntl.flock(self._file, fcntl.LOCK_EX)
         fcntl.flock(old, fcntl.LOCK_UN)
         old.close()
+        self._known_size = -1  # the next _catch_up reads the chain's tail from disk
 
     def close(self) -> None:
         with self._lock:
