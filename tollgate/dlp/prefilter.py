@@ -178,11 +178,17 @@ class Prefilter:
         def on_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
             hits.add(ids[index])
 
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = self._scratch.clone()
-        self._db.scan(data, match_event_handler=on_match, scratch=scratch)
+        _scan(self._db, self._scratch, self._local, data, on_match)
         return hits
+
+
+def _scan(db, scratch, local: threading.local, data: bytes, on_match) -> None:
+    """One hyperscan pass with this thread's own scratch space (scans run on the event loop
+    and in worker threads; a scratch may not be shared between threads)."""
+    own = getattr(local, "scratch", None)
+    if own is None:
+        own = local.scratch = scratch.clone()
+    db.scan(data, match_event_handler=on_match, scratch=own)
 
 
 def _compiles(source: str) -> bool:
@@ -238,8 +244,5 @@ class KeywordGate:
         def on_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
             found.add(names[index])
 
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = self._scratch.clone()
-        self._db.scan(text.encode("ascii"), match_event_handler=on_match, scratch=scratch)
+        _scan(self._db, self._scratch, self._local, text.encode("ascii"), on_match)
         return found
