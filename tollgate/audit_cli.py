@@ -12,7 +12,7 @@ from typing import Any
 
 from tollgate.audit import evidence, review
 
-DEFAULT_LOG = "var/audit/audit.jsonl"
+DEFAULT_LOG = "var/audit"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cmds = parser.add_subparsers(dest="audit_command", required=True)
 
     def log_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--log", default=DEFAULT_LOG, help=f"the live audit file; rotations beside it are read too "
-                                                          f"(default: {DEFAULT_LOG})")
+        p.add_argument("--log", default=DEFAULT_LOG,
+                       help="a live audit file (its rotations are read too), or a directory: its audit.jsonl and "
+                            f"every worker-I/audit.jsonl of `tollgate run --workers N` (default: {DEFAULT_LOG})")
 
     def filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--since", help="ISO time or date, or relative: 30m, 24h, 7d")
@@ -65,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.audit_command not in ("tail", "keygen") and not review.log_files(args.log):
+    if args.audit_command not in ("tail", "keygen") and not review.streams(args.log):
         print(f"tollgate audit: no audit log at {args.log}", file=sys.stderr)
         return 2
     try:
@@ -84,13 +85,18 @@ def _filter(args: argparse.Namespace) -> review.Filter:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    count, problem = review.verify(args.log)
-    files = review.log_files(args.log)
-    if problem:
-        print(f"BROKEN after {count - 1} good lines: {problem}")
-        return 1
-    print(f"OK: {count} lines in {len(files)} file(s), hash chain intact")
-    return 0
+    """Each stream is its own hash chain; all must be intact."""
+    streams = review.streams(args.log)
+    broken = 0
+    for stream in streams:
+        count, problem = review.verify(stream)
+        name = f"{stream}: " if len(streams) > 1 else ""
+        if problem:
+            print(f"{name}BROKEN after {count - 1} good lines: {problem}")
+            broken += 1
+        else:
+            print(f"{name}OK: {count} lines in {len(review.log_files(stream))} file(s), hash chain intact")
+    return 1 if broken else 0
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -135,32 +141,44 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    path = Path(args.log)
-    events = [line.event for line in review.read_lines(path) if line.event]
+    events = review.events(args.log)
     _print_table(events[-args.lines:] if args.lines else [])
     if not args.follow:
         return 0
-    position = path.stat().st_size if path.exists() else 0
+    # A directory's streams are looked for again on each round: a worker may start later.
+    positions = {path: path.stat().st_size for path in _live_files(args.log)}
     try:
         while True:
             time.sleep(0.5)
-            if not path.exists():
-                continue
-            if path.stat().st_size < position:
-                position = 0  # rotated: the new live file starts empty
-            with open(path, "rb") as f:
-                f.seek(position)
-                chunk = f.read()
-            complete = chunk[:chunk.rfind(b"\n") + 1]
-            position += len(complete)
-            for raw in complete.splitlines():
-                try:
-                    e = json.loads(raw)
-                except ValueError:
-                    continue
-                print("  ".join(review.flat_row(e)[review.CSV_COLUMNS.index(c)] for c in _TABLE), flush=True)
+            for path in _live_files(args.log):
+                for e in _new_events(path, positions):
+                    print("  ".join(review.flat_row(e)[review.CSV_COLUMNS.index(c)] for c in _TABLE), flush=True)
     except KeyboardInterrupt:
         return 0
+
+
+def _live_files(log: str) -> list[Path]:
+    path = Path(log)
+    return [p for p in (review.streams(path) if path.is_dir() else [path]) if p.exists()]
+
+
+def _new_events(path: Path, positions: dict[Path, int]) -> list[dict[str, Any]]:
+    """Whole lines appended to PATH since the last look (from the start after a rotation)."""
+    position = positions.get(path, 0)
+    if path.stat().st_size < position:
+        position = 0  # rotated: the new live file starts empty
+    with open(path, "rb") as f:
+        f.seek(position)
+        chunk = f.read()
+    complete = chunk[:chunk.rfind(b"\n") + 1]
+    positions[path] = position + len(complete)
+    found = []
+    for raw in complete.splitlines():
+        try:
+            found.append(json.loads(raw))
+        except ValueError:
+            continue
+    return found
 
 
 def _export(args: argparse.Namespace) -> int:

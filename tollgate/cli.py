@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="how often to check the policy file for changes (default 1; 0: reload on SIGHUP only)")
     run.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
                      help="serve GET /metrics (Prometheus) and GET /healthz here (default: off)")
-    run.add_argument("--workers", type=int, default=1,
-                     help="proxy processes sharing the port (SO_REUSEPORT); e.g. --workers $(nproc). Each writes "
-                          "its own audit log, AUDIT_DIR/worker-I/audit.jsonl (default 1)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="proxy processes sharing the port (SO_REUSEPORT). With more than one, each writes its own "
+                          "audit log, AUDIT_DIR/worker-I/audit.jsonl (default: the number of usable cores)")
     run.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                      help="on SIGTERM/SIGINT, stop accepting and let requests in flight finish for up to this long "
@@ -90,6 +90,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics = parse_listen(args.metrics_listen, "--metrics-listen") if args.metrics_listen else None
     except ValueError as e:
         return _fail(str(e))
+    if args.workers is None:
+        from tollgate.workers import default_workers
+
+        args.workers = 1 if args.worker_index is not None else default_workers()
     if args.workers < 1:
         return _fail("--workers must be 1 or more")
     policy_path = Path(args.policy) if args.policy else default_policy()

@@ -9,6 +9,8 @@ restarts a worker that dies; it exits if a worker cannot start at all.
 
 from __future__ import annotations
 
+import math
+import os
 import signal
 import socket
 import subprocess
@@ -19,6 +21,19 @@ from pathlib import Path
 
 RESTART_DELAY = 1.0
 START_TIMEOUT = 60.0
+
+
+def default_workers(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota
+    (a container limited to 2 CPUs on a 64-core node gets 2 workers, not 64)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to honour
+    return max(1, cores)
 
 
 def worker_audit_dir(audit_dir: Path, index: int) -> Path:

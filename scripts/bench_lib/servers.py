@@ -236,9 +236,7 @@ class Tollgate(Service):
 
     def command(self) -> list[str]:
         args = ["run", "--policy", str(self.policy), "--listen", "127.0.0.1:0", "--ca-dir", str(self.ca_dir),
-                "--audit-dir", str(self.audit_dir), "--grace", "2", *self.extra]
-        if self.workers > 1:
-            args += ["--workers", str(self.workers)]
+                "--audit-dir", str(self.audit_dir), "--grace", "2", "--workers", str(self.workers), *self.extra]
         if self.quiet:
             args.append("--quiet")
         if self.profile_out:

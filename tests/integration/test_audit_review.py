@@ -212,3 +212,57 @@ def test_tail_follow_shows_new_events(tmp_path):
         follower.terminate()
         follower.wait(10)
         writer.close()
+
+
+def worker_streams(root):
+    """Two worker streams as `tollgate run --workers 2` writes them, events interleaved in time."""
+    writers = [AuditWriter(root / f"worker-{i}" / "audit.jsonl") for i in (0, 1)]
+    for n in range(6):
+        writers[n % 2].write({"event": {"action": f"step-{n}"}, "tollgate": {"client": "ops"}})
+    for w in writers:
+        w.close()
+    return [root / f"worker-{i}" / "audit.jsonl" for i in (0, 1)]
+
+
+def test_a_directory_is_every_worker_stream(tmp_path):
+    worker_streams(tmp_path)
+    done = audit("verify", "--log", str(tmp_path))
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.splitlines() == [f"{tmp_path}/worker-{i}/audit.jsonl: OK: 3 lines in 1 file(s), hash chain intact"
+                                        for i in (0, 1)]
+    done = audit("search", "--log", str(tmp_path), "--client", "ops", "--format", "json")
+    assert [json.loads(line)["event"]["action"] for line in done.stdout.splitlines()] == [f"step-{n}" for n in range(6)]
+    done = audit("tail", "--log", str(tmp_path), "-n", "2")
+    assert "step-4" in done.stdout and "step-5" in done.stdout and "step-3" not in done.stdout
+
+
+def test_a_directory_verify_names_the_broken_stream(tmp_path):
+    _, second = worker_streams(tmp_path)
+    lines = second.read_bytes().splitlines(keepends=True)
+    del lines[1]
+    second.write_bytes(b"".join(lines))
+    done = audit("verify", "--log", str(tmp_path))
+    assert done.returncode == 1
+    assert f"{tmp_path}/worker-0/audit.jsonl: OK: 3 lines" in done.stdout
+    assert f"{second}: BROKEN after 1 good lines: {second}:2: missing" in done.stdout
+
+
+def test_an_empty_directory_is_no_log(tmp_path):
+    done = audit("summary", "--log", str(tmp_path))
+    assert done.returncode == 2 and f"no audit log at {tmp_path}" in done.stderr
+
+
+def test_tail_follow_over_a_directory_sees_every_worker(tmp_path):
+    worker_streams(tmp_path)
+    follower = subprocess.Popen([str(BIN / "tollgate"), "audit", "tail", "--log", str(tmp_path), "-n", "0", "--follow"],
+                                stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert "event.action" in follower.stdout.readline()  # the header: -n 0 shows no old events
+        for i in (1, 0):
+            writer = AuditWriter(tmp_path / f"worker-{i}" / "audit.jsonl")
+            writer.write({"event": {"action": f"live-from-{i}"}})
+            writer.close()
+            assert f"live-from-{i}" in follower.stdout.readline()
+    finally:
+        follower.terminate()
+        follower.wait(10)

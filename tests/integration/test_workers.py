@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from tests.support.proxy import BIN, REPO
+from tollgate.workers import default_workers
 
 pytestmark = pytest.mark.integration
 
@@ -46,26 +48,37 @@ def wait_until(check, timeout: float = 30) -> None:
     raise AssertionError("timed out")
 
 
-@pytest.fixture
-def workers(env, tmp_path):
+def start(env, tmp_path, *workers_option: str):
+    """`tollgate run` with WORKERS_OPTION; (process, port) once every worker listens."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.format(tls=env.tls.port, ca=env.pki.ca_cert_path, extra=""))
     log = tmp_path / "proxy.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "tollgate"), "run", "--workers", "2", "--policy", str(policy),
+        proc = subprocess.Popen([str(BIN / "tollgate"), "run", *workers_option, "--policy", str(policy),
                                  "--listen", "127.0.0.1:0", "--ca-dir", str(tmp_path / "ca"),
                                  "--audit-dir", str(tmp_path / "audit"), "--reload-interval", "0"],
                                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    # One worker listens by itself; several report through the supervisor's "(N workers)".
+    listening = re.compile(rb"^tollgate: listening on 127\.0\.0\.1:(\d+)( \(\d+ workers\))?$", re.M)
+    wait_until(lambda: listening.search(log.read_bytes()) or proc.poll() is not None)
+    assert proc.poll() is None, log.read_text()
+    return proc, listening.search(log.read_bytes())
+
+
+def stop(proc) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture
+def workers(env, tmp_path):
+    proc, listening = start(env, tmp_path, "--workers", "2")
     try:
-        wait_until(lambda: b"(2 workers)" in log.read_bytes() or proc.poll() is not None)
-        text = log.read_text()
-        assert proc.poll() is None, text
-        port = int(text.split("(2 workers)")[0].rsplit(":", 1)[1].strip())
-        yield proc, port, tmp_path, policy
+        assert listening.group(2) == b" (2 workers)"
+        yield proc, int(listening.group(1)), tmp_path, tmp_path / "policy.yaml"
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
+        stop(proc)
 
 
 def get(port: int, ca: Path, url: str) -> int:
@@ -102,6 +115,11 @@ def test_two_workers_share_the_port_and_each_audits(env, workers):
     for p in logs:
         done = subprocess.run([str(BIN / "tollgate"), "audit", "verify", "--log", str(p)], capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
+    # The audit directory is read as a whole: both chains, and the events of both in one list.
+    done = subprocess.run([str(BIN / "tollgate"), "audit", "search", "--log", str(tmp / "audit"),
+                           "--action", "connection-allowed", "--format", "json"], capture_output=True, text=True)
+    times = [json.loads(line)["@timestamp"] for line in done.stdout.splitlines()]
+    assert len(times) == 24 and times == sorted(times)
 
 
 def test_sighup_reaches_every_worker_and_sigterm_stops_them(env, workers):
@@ -131,3 +149,25 @@ def test_a_dead_worker_is_replaced(env, workers):
     time.sleep(2)  # the new worker starts listening
     assert {get(port, ca, f"https://api.allowed.test:{env.tls.port}/") for _ in range(10)} == {200}
     assert proc.poll() is None
+
+
+def test_the_default_is_one_worker_per_usable_core(env, tmp_path):
+    cores = default_workers()
+    proc, listening = start(env, tmp_path)
+    try:
+        if cores > 1:
+            assert listening.group(2) == f" ({cores} workers)".encode()
+        assert len(worker_pids(tmp_path)) == (cores if cores > 1 else 0)
+        ca = tmp_path / "ca" / "root-ca.pem"
+        assert get(int(listening.group(1)), ca, f"https://api.allowed.test:{env.tls.port}/") == 200
+    finally:
+        stop(proc)
+    done = subprocess.run([str(BIN / "tollgate"), "audit", "verify", "--log", str(tmp_path / "audit")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.count("hash chain intact") == cores, done.stdout
+
+
+def test_workers_option_must_be_positive(tmp_path):
+    done = subprocess.run([str(BIN / "tollgate"), "run", "--workers", "0", "--ca-dir", str(tmp_path / "ca")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and "--workers must be 1 or more" in done.stderr

@@ -85,7 +85,8 @@ class ProxyProcess:
 
 def tollgate_run(tmp: Path, policy: Path, *extra: str) -> ProxyProcess:
     ca_dir, audit_dir = tmp / "ca", tmp / "audit"
-    args = [str(BIN / "tollgate"), "run", "--policy", str(policy), "--listen", "127.0.0.1:0",
+    # One process, so the audit log is AUDIT_DIR/audit.jsonl (test_workers covers --workers N).
+    args = [str(BIN / "tollgate"), "run", "--workers", "1", "--policy", str(policy), "--listen", "127.0.0.1:0",
             "--ca-dir", str(ca_dir), "--audit-dir", str(audit_dir), *extra]
     return ProxyProcess(args, tmp / "proxy.log", audit_dir / "audit.jsonl", ca_dir)
 

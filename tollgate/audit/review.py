@@ -2,6 +2,9 @@
 
 Rotated files are ``audit.jsonl.<UTC timestamp>``; they sort by name, and the live
 ``audit.jsonl`` comes last. The chain runs across all of them.
+
+A directory holds one or more streams, each its own chain: ``DIR/audit.jsonl`` (one
+process) and ``DIR/worker-I/audit.jsonl`` (``tollgate run --workers N``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,20 @@ def log_files(path: str | Path) -> list[Path]:
     path = Path(path)
     rotated = sorted(path.parent.glob(path.name + ".*"))
     return rotated + ([path] if path.exists() else [])
+
+
+LIVE_NAME = "audit.jsonl"
+
+
+def streams(path: str | Path) -> list[Path]:
+    """The live file of each audit stream PATH names: a file is one stream; a directory
+    holds its own audit.jsonl and one per worker, in worker order. Streams with no file
+    (live or rotated) are left out."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path] if log_files(path) else []
+    workers = sorted(path.glob(f"worker-*/{LIVE_NAME}"), key=lambda p: (len(p.parent.name), p.parent.name))
+    return [p for p in [path / LIVE_NAME, *workers] if log_files(p)]
 
 
 @dataclass(frozen=True)
@@ -153,8 +170,16 @@ def _dest_matches(dest: dict[str, Any], wanted: str) -> bool:
     return domain == wanted or domain.endswith("." + wanted) or ip == wanted
 
 
+def events(path: str | Path) -> list[dict[str, Any]]:
+    """Every event of every stream PATH names; several streams are merged by time."""
+    found = [[line.event for line in read_lines(stream) if line.event] for stream in streams(path)]
+    if len(found) == 1:
+        return found[0]
+    return sorted((e for stream in found for e in stream), key=lambda e: str(e.get("@timestamp", "")))
+
+
 def search(path: str | Path, flt: Filter) -> list[dict[str, Any]]:
-    return [line.event for line in read_lines(path) if line.event and flt.matches(line.event)]
+    return [e for e in events(path) if flt.matches(e)]
 
 
 def summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
