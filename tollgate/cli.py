@@ -174,6 +174,7 @@ async def _serve(host: str, port: int, ca_dir: Path, policy_path: Path, audit_pa
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    loop.set_exception_handler(_quiet_cancellation)
     await master.run()  # errorcheck exits the process with status 1 on start-up errors
     return 0
 
@@ -189,6 +190,16 @@ async def _graceful_stop(master, addon, grace: float) -> None:
     while addon.in_flight and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
     master.shutdown()
+
+
+def _quiet_cancellation(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """Python 3.11's asyncio.StreamReaderProtocol asks a cancelled connection task for its
+    exception, so every client connection still open when the proxy stops printed a
+    CancelledError traceback (fixed in 3.12). A cancellation is the stop itself, not an error;
+    anything else goes to the default handler."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
 
 
 def _share_listening_port() -> None:

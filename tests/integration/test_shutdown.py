@@ -45,3 +45,25 @@ def test_sigterm_lets_the_request_in_flight_finish(env, tmp_path):
         assert actions[-1] == "proxy-stopped" and "request-allowed" in actions
     finally:
         proxy.stop()
+
+
+def test_stop_with_idle_connections_open_prints_no_traceback(env, tmp_path):
+    # Clients that keep their connections open across the stop (as a busy egress point has):
+    # the console must say the proxy stopped, not show errors from the connections it closed.
+    proxy = tollgate_run(tmp_path, env.policy).start()
+    verify = ssl.create_default_context(cafile=str(proxy.root_ca))
+    clients = [httpx.Client(proxy=proxy.url, verify=verify, timeout=10) for _ in range(4)]
+    try:
+        for c in clients:
+            assert c.get(f"https://api.allowed.test:{env.tls.port}/kept").status_code == 200
+        raw = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(4)]  # connected, silent
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(30) == 0
+        console = proxy.log_path.read_text()
+        assert "Traceback" not in console and "CancelledError" not in console, console[-2000:]
+        for s in raw:
+            s.close()
+    finally:
+        for c in clients:
+            c.close()
+        proxy.stop()
