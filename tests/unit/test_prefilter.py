@@ -71,6 +71,30 @@ def test_loosen(source, loose):
     assert prefilter.loosen(source) == loose
 
 
+@pytest.mark.parametrize("source, loose", [
+    (r"(?<![\w-])\d{3}(?![\d-])", r"\d{3}"),
+    (r"[\w.-]{0,40}x", r"[\w.-]{0,}x"),
+    (r"[^\s:/@]{1,64}", r"[^\t\n\x0b\x0c\r\x1c-\x1f :/@]{1,}"),
+    (r"a\sb", r"a[\t\n\x0b\x0c\r\x1c-\x1f ]b"),
+])
+def test_loosen_for_ascii_text_keeps_ascii_classes(source, loose):
+    # Python's \s takes \x1c-\x1f as whitespace, PCRE's does not: spelled out, both agree.
+    assert prefilter.loosen(source, ascii_text=True) == loose
+
+
+ASCII_SEPARATORS = [" ", "\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1d", "\x1e", "\x1f", "=", ":", '"', "/"]
+
+
+@pytest.mark.parametrize("label", sorted(label for label, (_, value) in POSITIVE.items() if value.isascii()))
+def test_never_misses_a_positive_in_ascii_text(label):
+    # ASCII text goes through the ASCII database: \d, \w and \s there must mean what they mean in `regex`.
+    _, value = POSITIVE[label]
+    for sep in ASCII_SEPARATORS:
+        for text in (f"x{sep}{value}{sep}y", value.replace(" ", sep), f"{sep}{value}"):
+            assert text.isascii()
+            assert findings(WITH, text) == findings(WITHOUT, text), (label, repr(sep))
+
+
 @pytest.mark.parametrize("source", [r"\p{L}+", "[a-z", r"(?<!x"])
 def test_unknown_syntax_is_refused_and_the_detector_always_runs(source):
     with pytest.raises(ValueError):
@@ -102,22 +126,24 @@ KEYWORDS = tuple(sorted({k for d in BUILTIN for k in d.keywords}))
 
 
 @pytest.mark.skipif(not WITH._multi.active, reason="hyperscan is not available on this platform")
-def test_keyword_gate_agrees_with_lowercase_search_on_ascii_text():
+def test_keywords_found_in_the_prefilter_pass_agree_with_lowercase_search_on_ascii_text():
     from tollgate.dlp.engine import _DIGIT_RUN, _DIGIT_RUN_ASCII, DIGITS, _Keywords
 
-    gate = prefilter.build_keyword_gate(KEYWORDS, DIGITS, _DIGIT_RUN_ASCII)
+    gate = prefilter.Prefilter([("digits", r"\d{4}", False)], KEYWORDS, DIGITS, _DIGIT_RUN_ASCII)
     rng = random.Random(7)
     pieces = ["KeY", "SeCrEt", "toKEN", "PASSWD", "pwd", "Credential", "12 34-56", "1234 5", "123456", "k e y",
-              "monkey", "tok en", " ", "x", "-", "9"]
-    for _ in range(300):
+              "monkey", "tok en", " ", "x", "-", "9", "S", "k", "sK", "@", "+"]  # short keywords: "sk", "@"
+    for _ in range(600):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
         expected = {k for k in KEYWORDS if (_DIGIT_RUN.search(text) is not None if k == DIGITS else k in text.lower())}
-        assert gate.present(text) == expected, text
+        assert gate.scan(text).keywords == expected, text
         assert _Keywords(text, None).any_of(KEYWORDS) == bool(expected)
     # Non-ASCII text: str.lower() is not ASCII case folding (U+212A KELVIN SIGN lowers to "k"),
-    # so the gate declines and the engine searches in Python.
-    assert gate.present("\u212aey") is None
-    assert _Keywords("\u212aey", gate).any_of(("key",))
+    # so the prefilter does not say and the engine searches in Python.
+    assert gate.scan("\u212aey").keywords is None
+    assert _Keywords("\u212aey", None).any_of(("key",))
+    # A keyword that is not ASCII: keywords are never taken from the prefilter.
+    assert prefilter.Prefilter([("digits", r"\d{4}", False)], ("clé",)).scan("clé 1234").keywords is None
 
 
 def test_base64_runs_are_the_maximal_runs_of_twelve_or_more():

@@ -44,10 +44,10 @@ class Engine:
     def __init__(self, detectors: tuple[Detector, ...], prefilter: bool = True):
         self.detectors = detectors
         self.prefilter = prefilter  # off only in the benchmark and tests, to prove it changes no finding
-        self._multi = prefilters.build(tuple((d.id, d.pattern.pattern, bool(d.pattern.flags & regex.IGNORECASE))
-                                             for d in detectors)) if prefilter else None
         keywords = tuple(sorted({k for d in detectors for k in d.keywords}))
-        self._keyword_gate = prefilters.build_keyword_gate(keywords, DIGITS, _DIGIT_RUN_ASCII) if prefilter else None
+        self._multi = prefilters.build(tuple((d.id, d.pattern.pattern, bool(d.pattern.flags & regex.IGNORECASE))
+                                             for d in detectors), keywords, DIGITS, _DIGIT_RUN_ASCII) \
+            if prefilter else None
 
     @classmethod
     def for_policy(cls, dlp: DlpSettings) -> "Engine":
@@ -55,10 +55,11 @@ class Engine:
 
     def scan(self, text: str) -> list[Match]:
         view = detection_view(text)
-        candidates = self._multi.candidates(view.text) if self._multi else None
+        hits = self._multi.scan(view.text) if self._multi else prefilters.Hits(None, None)
+        candidates = hits.detectors
         if candidates is not None and not candidates:
             return []  # the usual case: a clean text, one pass
-        keywords = _Keywords(view.text, self._keyword_gate)
+        keywords = _Keywords(view.text, hits.keywords)
         matches: list[Match] = []
         for detector in self.detectors:
             if candidates is not None and detector.id not in candidates:
@@ -81,10 +82,11 @@ class Engine:
         if self._multi is None:
             return True
         view = detection_view(text)
-        candidates = self._multi.candidates(view.text)
+        hits = self._multi.scan(view.text)
+        candidates = hits.detectors
         if candidates is None:
             return True
-        keywords = _Keywords(view.text, self._keyword_gate)
+        keywords = _Keywords(view.text, hits.keywords)
         return any(not d.keywords or keywords.any_of(d.keywords) for d in self.detectors if d.id in candidates)
 
     def _confirm(self, detector: Detector, m: regex.Match, view) -> list[Match]:
@@ -103,16 +105,13 @@ class Engine:
 
 
 class _Keywords:
-    """Which detector keywords a text holds: one hyperscan pass for ASCII text, else the
-    lowercased text and a digit-run search, each done at most once and only when asked."""
+    """Which detector keywords a text holds: what the prefilter found in its pass over ASCII
+    text, else the lowercased text and a digit-run search, each done at most once and only
+    when asked."""
 
-    def __init__(self, text: str, gate: prefilters.KeywordGate | None):
+    def __init__(self, text: str, present: set[str] | None):
         self.text = text
-        self.gate = gate
-
-    @functools.cached_property
-    def present(self) -> set[str] | None:
-        return self.gate.present(self.text) if self.gate else None
+        self.present = present
 
     @functools.cached_property
     def lowered(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Iterable
 
 logger = logging.getLogger("tollgate")
@@ -21,20 +22,25 @@ try:  # a binary wheel for x86-64 Linux; elsewhere the engine runs every detecto
 except ImportError:  # pragma: no cover - depends on the platform
     hyperscan = None
 
-_FLAGS = 0
+_FLAGS = _ASCII_FLAGS = 0
 if hyperscan is not None:
     # Not UCP (Unicode classes make compiling take seconds per pattern): `loosen` widens the
     # pattern instead, so that it still matches everything the Unicode regex matches.
-    _FLAGS = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_UTF8 \
-        | hyperscan.HS_FLAG_ALLOWEMPTY
+    _ASCII_FLAGS = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY
+    _FLAGS = _ASCII_FLAGS | hyperscan.HS_FLAG_UTF8
 _NON_ASCII = r"\x{80}-\x{10FFFF}"
+# What Python's Unicode \s matches among ASCII characters (the \x1c-\x1f separators too,
+# which PCRE's \s leaves out).
+_ASCII_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f "
 _MAX_REPEAT = 32
 
 
-def loosen(source: str) -> str:
+def loosen(source: str, ascii_text: bool = False) -> str:
     """A pattern that matches at least wherever ``source`` matches (as a Unicode `regex`),
-    written so that hyperscan compiles it fast in ASCII mode:
+    written so that hyperscan compiles it fast without Unicode classes:
       - ``\\w``, ``\\d``, ``\\s`` (outside negated classes) also match any non-ASCII character;
+        with ``ascii_text`` (the pattern only ever scans ASCII text) they keep their ASCII
+        meaning instead, which hyperscan runs much faster;
       - ``\\b`` and lookarounds are dropped (a dropped condition only widens);
       - repeats above 32 become open-ended.
     Raises ValueError on syntax it does not know; the detector then always runs."""
@@ -47,7 +53,11 @@ def loosen(source: str) -> str:
             if i + 1 >= n:
                 raise ValueError("trailing backslash")
             esc = source[i + 1]
-            if esc in "wds":
+            if ascii_text and esc == "s":
+                out.append(_ASCII_SPACE if in_class else f"[{_ASCII_SPACE}]")
+            elif ascii_text and esc in "wd":
+                out.append(source[i:i + 2])
+            elif esc in "wds":
                 if not in_class:
                     out.append(f"[\\{esc}{_NON_ASCII}]")
                 elif not negated:
@@ -125,40 +135,70 @@ def _skip_group(source: str, i: int) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def build(patterns: tuple[tuple[str, str, bool], ...]) -> "Prefilter":
+def build(patterns: tuple[tuple[str, str, bool], ...], keywords: tuple[str, ...] = (),
+          digits_marker: str = "", digits_pattern: str = "") -> "Prefilter":
     """Compiling takes about a second: every engine with the same detectors shares one."""
-    return Prefilter(patterns)
+    return Prefilter(patterns, keywords, digits_marker, digits_pattern)
+
+
+@dataclass(frozen=True)
+class Hits:
+    detectors: set[str] | None  # the detectors that may match; None: run them all
+    keywords: set[str] | None  # the keywords present; None: not known (search in Python)
 
 
 class Prefilter:
-    def __init__(self, patterns: Iterable[tuple[str, str, bool]]):
+    def __init__(self, patterns: Iterable[tuple[str, str, bool]], keywords: Iterable[str] = (),
+                 digits_marker: str = "", digits_pattern: str = ""):
         """``patterns``: (detector id, regex source, case-insensitive). Case-insensitive
-        patterns always run: Unicode case folding (the Kelvin sign is a k) is beyond ASCII mode."""
+        patterns always run: Unicode case folding (the Kelvin sign is a k) is beyond ASCII mode.
+
+        ``keywords``: the detectors' keywords, found in the same pass over ASCII text (ASCII
+        caseless matching equals str.lower() there, and only there). ``digits_marker`` stands
+        for a digit run, found with ``digits_pattern``."""
         self.always: set[str] = set()  # detectors the prefilter cannot vouch for
         self._ids: list[str] = []
+        self._keywords: list[str] = []
         self._db = None
         patterns = list(patterns)
         if hyperscan is None:
             self.always = {d for d, _, _ in patterns}
             return
-        compiled: list[tuple[str, bytes]] = []
+        # Two databases of the same detectors: one for any UTF-8 text, and one for ASCII text
+        # (most request bodies), where \\d, \\w and \\s need not admit non-ASCII characters.
+        compiled: list[tuple[str, bytes, bytes]] = []
         for detector, source, caseless in patterns:
             source = source.removeprefix("(?-f)")  # case folding is moot: caseless patterns always run
             try:
-                loose = None if caseless or "(?i" in source else loosen(source)
+                loose = None if caseless or "(?i" in source else (loosen(source), loosen(source, ascii_text=True))
             except ValueError:
                 loose = None
-            if loose is not None and _compiles(loose):
-                compiled.append((detector, loose.encode()))
+            if loose is not None and _compiles(loose[0], _FLAGS) and _compiles(loose[1], _ASCII_FLAGS):
+                compiled.append((detector, loose[0].encode(), loose[1].encode()))
             else:
                 self.always.add(detector)
-        if compiled:
-            self._db = hyperscan.Database()
-            self._db.compile(expressions=[p for _, p in compiled], ids=list(range(len(compiled))),
-                             elements=len(compiled), flags=[_FLAGS] * len(compiled))
-            self._ids = [d for d, _ in compiled]
-        self._scratch = hyperscan.Scratch(self._db) if self._db else None
+        keywords = list(keywords)
+        # Keywords of one or two characters ("@", "sk") occur everywhere: in the database they
+        # slow the whole pass several times over, while `in` finds each of their few ASCII
+        # case forms at memory speed.
+        self._short_keywords = [(k, _case_forms(k)) for k in keywords if len(k) <= 2 and k != digits_marker]
+        keyword_expressions = _keyword_expressions([k for k in keywords if len(k) > 2 or k == digits_marker],
+                                                   digits_marker, digits_pattern)
+        if any(not k.isascii() for k, _ in self._short_keywords):
+            keyword_expressions = None
+        if keyword_expressions is not None:
+            self._keywords = [k for k, _, _ in keyword_expressions]
+        if not compiled:
+            return
+        self._ids = [d for d, _, _ in compiled]
+        self._db = _database([p for _, p, _ in compiled], [_FLAGS] * len(compiled))
+        self._ascii_db = _database([p for _, _, p in compiled] + [e for _, e, _ in keyword_expressions or []],
+                                   [_ASCII_FLAGS] * len(compiled) + [f for _, _, f in keyword_expressions or []])
+        self._scratch = hyperscan.Scratch(self._db)
+        self._ascii_scratch = hyperscan.Scratch(self._ascii_db)
         self._local = threading.local()  # scratch space is per thread; scans run in worker threads
+        self._ascii_local = threading.local()
+        self._keywords_known = keyword_expressions is not None
 
     @property
     def active(self) -> bool:
@@ -166,20 +206,62 @@ class Prefilter:
 
     def candidates(self, text: str) -> set[str] | None:
         """Detectors that may match; None when the text cannot be prefiltered (run all)."""
+        return self.scan(text).detectors
+
+    def scan(self, text: str) -> Hits:
+        """One pass: the detectors that may match, and (for ASCII text) the keywords present."""
         if self._db is None:
-            return None
+            return Hits(None, None)
+        hits: set[str] = set(self.always)
+        if text.isascii():
+            found: set[str] = set()
+            ids, keywords, count = self._ids, self._keywords, len(self._ids)
+
+            def on_ascii_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
+                if index < count:
+                    hits.add(ids[index])
+                else:
+                    found.add(keywords[index - count])
+
+            _scan(self._ascii_db, self._ascii_scratch, self._ascii_local, text.encode("ascii"), on_ascii_match)
+            if not self._keywords_known:
+                return Hits(hits, None)
+            found.update(k for k, forms in self._short_keywords if any(f in text for f in forms))
+            return Hits(hits, found)
         try:
             data = text.encode("utf-8")  # strict: lone surrogates would be invalid UTF-8 for hyperscan
         except UnicodeEncodeError:
-            return None
-        hits: set[str] = set(self.always)
-        ids = self._ids
+            return Hits(None, None)
 
         def on_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
-            hits.add(ids[index])
+            hits.add(self._ids[index])
 
         _scan(self._db, self._scratch, self._local, data, on_match)
-        return hits
+        return Hits(hits, None)
+
+
+def _case_forms(keyword: str) -> list[str]:
+    """Every ASCII upper/lower spelling of a short keyword: "sk", "sK", "Sk", "SK"."""
+    forms = [""]
+    for ch in keyword:
+        forms = [f + c for f in forms for c in dict.fromkeys((ch.lower(), ch.upper()))]
+    return forms
+
+
+def _keyword_expressions(keywords: list[str], digits_marker: str,
+                         digits_pattern: str) -> list[tuple[str, bytes, int]] | None:
+    """(keyword, hyperscan expression, flags) for each keyword; None when one is not ASCII
+    (ASCII caseless matching cannot stand in for str.lower() then)."""
+    out = []
+    for keyword in keywords:
+        if keyword == digits_marker:
+            out.append((keyword, digits_pattern.encode(), hyperscan.HS_FLAG_SINGLEMATCH))
+        elif keyword.isascii():
+            literal = "".join(f"\\x{b:02x}" for b in keyword.encode()).encode()
+            out.append((keyword, literal, hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_CASELESS))
+        else:
+            return None
+    return out
 
 
 def _scan(db, scratch, local: threading.local, data: bytes, on_match) -> None:
@@ -191,58 +273,16 @@ def _scan(db, scratch, local: threading.local, data: bytes, on_match) -> None:
     db.scan(data, match_event_handler=on_match, scratch=own)
 
 
-def _compiles(source: str) -> bool:
+def _database(expressions: list[bytes], flags: list[int]):
+    db = hyperscan.Database()
+    db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions), flags=flags)
+    return db
+
+
+def _compiles(source: str, flags: int) -> bool:
     try:
-        db = hyperscan.Database()
-        db.compile(expressions=[source.encode()], ids=[0], elements=1, flags=[_FLAGS])
+        _database([source.encode()], [flags])
         return True
     except hyperscan.error:
         logger.info("tollgate: DLP prefilter cannot take a pattern; its detector always runs")
         return False
-
-
-@functools.lru_cache(maxsize=16)
-def build_keyword_gate(keywords: tuple[str, ...], digits_marker: str, digits_pattern: str) -> "KeywordGate":
-    return KeywordGate(keywords, digits_marker, digits_pattern)
-
-
-class KeywordGate:
-    """Which detector keywords occur in a text, in one hyperscan pass instead of one substring
-    search per keyword over the lowercased text. Exact for ASCII text only (ASCII caseless
-    matching equals str.lower() there); for any other text `present` says None and the engine
-    checks in Python."""
-
-    def __init__(self, keywords: tuple[str, ...], digits_marker: str, digits_pattern: str):
-        self._names: list[str] = []
-        self._db = None
-        if hyperscan is None:
-            return
-        expressions, flags = [], []
-        for keyword in keywords:
-            if keyword == digits_marker:
-                expressions.append(digits_pattern.encode())
-                flags.append(hyperscan.HS_FLAG_SINGLEMATCH)
-            elif keyword.isascii():
-                expressions.append("".join(f"\\x{b:02x}" for b in keyword.encode()).encode())
-                flags.append(hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_CASELESS)
-            else:
-                return  # a non-ASCII keyword: ASCII caseless matching cannot stand in for lower()
-            self._names.append(keyword)
-        if expressions:
-            self._db = hyperscan.Database()
-            self._db.compile(expressions=expressions, ids=list(range(len(expressions))),
-                             elements=len(expressions), flags=flags)
-            self._scratch = hyperscan.Scratch(self._db)
-            self._local = threading.local()
-
-    def present(self, text: str) -> set[str] | None:
-        if self._db is None or not text.isascii():
-            return None
-        found: set[str] = set()
-        names = self._names
-
-        def on_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
-            found.add(names[index])
-
-        _scan(self._db, self._scratch, self._local, text.encode("ascii"), on_match)
-        return found
