@@ -62,7 +62,8 @@ def test_a_clean_text_needs_no_detector():
     (r"(?<![\w-])\d{3}(?![\d-])", r"[\d\x{80}-\x{10FFFF}]{3}"),
     (r"[\w.-]{0,40}x", r"[\w\x{80}-\x{10FFFF}.-]{0,}x"),
     (r"[^\s:/@]{1,64}", r"[^\s:/@]{1,}"),  # widening inside a negated class would narrow it
-    (r"[\s\S]{64,16384}?", r"[\s\x{80}-\x{10FFFF}\S]{32,}?"),
+    (r"[\s\S]{64,16384}?", r"[\s\x1c-\x1f\x{80}-\x{10FFFF}\S]{32,}?"),
+    (r"a\sb", r"a[\s\x1c-\x1f\x{80}-\x{10FFFF}]b"),  # Python's \s takes \x1c-\x1f, PCRE's does not
     (r"\w{82}", r"[\w\x{80}-\x{10FFFF}]{32,}"),
     (r"a{2,}", "a{2,}"),
     (r"(?:x(?=y))+", "(?:x)+"),
@@ -149,14 +150,31 @@ def test_keywords_found_in_the_prefilter_pass_agree_with_lowercase_search_on_asc
 def test_base64_runs_are_the_maximal_runs_of_twelve_or_more():
     import re
 
-    from tollgate.dlp.content import _b64_runs
+    from tollgate.dlp.content import _b64_runs, _layer_candidates
 
     reference = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{12,}")
     rng = random.Random(3)
     alphabet = ["a", "Z", "0", "+", "/", "_", "-", "=", " ", ".", "é", "\u212a", "\ud800", "\n", "日"]
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) if rng.random() < 0.3 else "Ab9" for _ in range(rng.randint(0, 40)))
-        assert _b64_runs(text) == [m.group() for m in reference.finditer(text)], repr(text)
+        expected = [m.group() for m in reference.finditer(text)]
+        assert _b64_runs(text) == expected, repr(text)  # the way without hyperscan
+        assert _layer_candidates(text)[0] == expected, repr(text)  # the hyperscan pass
+
+
+def test_the_separated_hex_trigger_never_misses():
+    from tollgate.dlp.content import _HEX_SEPARATED, _layer_candidates
+
+    rng = random.Random(5)
+    pairs = ["ab", "0f", "C3", "12"] * 5 + ["g1", "abc"]  # mostly hex, sometimes broken
+    separators = [":", " ", "\t", "\x1c", "\n", "\u2003"] * 4 + ["::", "-"]
+    found = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(pairs) + rng.choice(separators) for _ in range(rng.randint(12, 24)))
+        if _HEX_SEPARATED.search(text):
+            found += 1
+            assert _layer_candidates(text)[1], repr(text)
+    assert found > 100  # the generator makes real candidates
 
 
 def test_a_glance_never_passes_what_a_full_inspection_would_not():

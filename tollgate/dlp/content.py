@@ -24,6 +24,7 @@ import brotli
 import zstandard
 
 from tollgate.dlp.prefilter import build as build_prefilter
+from tollgate.dlp.prefilter import build_run_finder
 
 MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
 MAX_LAYER_DEPTH = 3  # base64/hex/percent/entities inside each other
@@ -314,7 +315,9 @@ _B64_MASK = bytes(ord("a") if c in _B64_CHARS else ord(" ") for c in range(256))
 _B64_MIN_RUN = 12
 _HEX_TOKEN = re.compile(r"(?:[0-9a-fA-F]{2}){16,}")
 _HEX_SEPARATED = re.compile(r"(?<![0-9a-fA-F:])[0-9a-fA-F]{2}(?:[:\s][0-9a-fA-F]{2}){15,}")
-_HEX_TRIGGER = build_prefilter((("hex", _HEX_SEPARATED.pattern, False),))
+_HEX_TRIGGER = build_prefilter((("hex", _HEX_SEPARATED.pattern, False),))  # for non-ASCII text
+# Base64-class runs and the separated-hex trigger in one hyperscan pass.
+_RUNS_AND_HEX = build_run_finder(r"A-Za-z0-9+/_\-", _B64_MIN_RUN, (("hex", _HEX_SEPARATED.pattern),))
 _PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
 _ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
 
@@ -334,7 +337,8 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
     if "&" in text and _ENTITY.search(text):
         found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
     hex_runs: list[str] = []
-    for token in _b64_runs(text):
+    b64_runs, hex_possible = _layer_candidates(text)
+    for token in b64_runs:
         if len(token) >= 32:
             hex_runs += [h.group() for h in _HEX_TOKEN.finditer(token)]
         if token == token.lower() or token == token.upper():
@@ -342,7 +346,7 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
         decoded = _b64(token)
         if decoded:
             found.append(Slot(slot.where, decoded, slot.layers + ("base64",)))
-    if _separated_hex_possible(text):
+    if hex_possible:
         hex_runs += [re.sub(r"[:\s]", "", m.group()) for m in _HEX_SEPARATED.finditer(text)]
     for run in hex_runs:
         try:
@@ -353,6 +357,17 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
             found.append(Slot(slot.where, decoded, slot.layers + ("hex",)))
     deeper = [d for f in found for d in _peel(f, depth + 1)] if depth + 1 < MAX_LAYER_DEPTH else []
     return found + deeper
+
+
+def _layer_candidates(text: str) -> tuple[list[str], bool]:
+    """(every base64-class run, whether separated hex may occur): one hyperscan pass for
+    ASCII text; without hyperscan, or for other text, the slower ways below."""
+    if not _RUNS_AND_HEX.active:
+        return _b64_runs(text), _separated_hex_possible(text)
+    raw = text.encode("utf-8", "surrogatepass")  # non-ASCII becomes bytes >= 0x80: separators
+    spans, triggered = _RUNS_AND_HEX.scan(raw)
+    runs = [raw[start:end].decode("ascii") for start, end in spans]
+    return runs, ("hex" in triggered if text.isascii() else _separated_hex_possible(text))
 
 
 def _b64_runs(text: str) -> list[str]:

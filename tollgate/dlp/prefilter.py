@@ -32,13 +32,15 @@ _NON_ASCII = r"\x{80}-\x{10FFFF}"
 # What Python's Unicode \s matches among ASCII characters (the \x1c-\x1f separators too,
 # which PCRE's \s leaves out).
 _ASCII_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f "
+_PY_ONLY_SPACE = r"\x1c-\x1f"  # in Python's \s, not in PCRE's
 _MAX_REPEAT = 32
 
 
 def loosen(source: str, ascii_text: bool = False) -> str:
     """A pattern that matches at least wherever ``source`` matches (as a Unicode `regex`),
     written so that hyperscan compiles it fast without Unicode classes:
-      - ``\\w``, ``\\d``, ``\\s`` (outside negated classes) also match any non-ASCII character;
+      - ``\\w``, ``\\d``, ``\\s`` (outside negated classes) also match any non-ASCII character,
+        and ``\\s`` the \\x1c-\\x1f separators, as in Python;
         with ``ascii_text`` (the pattern only ever scans ASCII text) they keep their ASCII
         meaning instead, which hyperscan runs much faster;
       - ``\\b`` and lookarounds are dropped (a dropped condition only widens);
@@ -58,12 +60,13 @@ def loosen(source: str, ascii_text: bool = False) -> str:
             elif ascii_text and esc in "wd":
                 out.append(source[i:i + 2])
             elif esc in "wds":
+                extra = _PY_ONLY_SPACE if esc == "s" else ""
                 if not in_class:
-                    out.append(f"[\\{esc}{_NON_ASCII}]")
+                    out.append(f"[\\{esc}{extra}{_NON_ASCII}]")
                 elif not negated:
-                    out.append(f"\\{esc}{_NON_ASCII}")
+                    out.append(f"\\{esc}{extra}{_NON_ASCII}")
                 else:
-                    out.append(f"\\{esc}")
+                    out.append(f"\\{esc}")  # PCRE's [^\s] admits \x1c-\x1f: wider, never narrower
             elif esc in "bB" and not in_class:
                 pass
             elif esc in "pPNXGKR" or (esc == "x" and i + 2 < n and source[i + 2] == "{"):
@@ -286,3 +289,47 @@ def _compiles(source: str, flags: int) -> bool:
     except hyperscan.error:
         logger.info("tollgate: DLP prefilter cannot take a pattern; its detector always runs")
         return False
+
+
+@functools.lru_cache(maxsize=4)
+def build_run_finder(run_class: str, min_run: int, triggers: tuple[tuple[str, str], ...]) -> "RunFinder":
+    return RunFinder(run_class, min_run, triggers)
+
+
+class RunFinder:
+    """In one hyperscan pass over bytes: every maximal run of ``run_class`` characters at least
+    ``min_run`` long, and which ``triggers`` (name, regex, prefiltered like a detector) may
+    occur. A trigger is only meaningful on ASCII text (its \\s and \\d are ASCII here)."""
+
+    def __init__(self, run_class: str, min_run: int, triggers: tuple[tuple[str, str], ...]):
+        self._db = None
+        self._names = [name for name, _ in triggers]
+        if hyperscan is None:
+            return
+        # A run between two non-run bytes; the data is padded with a space at each end. With
+        # SOM_LEFTMOST each maximal run is reported once, from the byte before it.
+        run = f"[^{run_class}][{run_class}]{{{min_run},}}[^{run_class}]".encode()
+        expressions = [run] + [loosen(pattern, ascii_text=True).encode() for _, pattern in triggers]
+        flags = [hyperscan.HS_FLAG_SOM_LEFTMOST] + [_ASCII_FLAGS] * len(triggers)
+        self._db = _database(expressions, flags)
+        self._scratch = hyperscan.Scratch(self._db)
+        self._local = threading.local()
+
+    @property
+    def active(self) -> bool:
+        return self._db is not None
+
+    def scan(self, data: bytes) -> tuple[list[tuple[int, int]], set[str]]:
+        """(the runs as (start, end) offsets in ``data``, the triggers that may occur)."""
+        runs: list[tuple[int, int]] = []
+        triggered: set[str] = set()
+        names = self._names
+
+        def on_match(index: int, start: int, end: int, _flags: int, _ctx: object) -> None:
+            if index == 0:
+                runs.append((start, end - 2))  # in the unpadded data: past the leading pad and the byte before
+            else:
+                triggered.add(names[index - 1])
+
+        _scan(self._db, self._scratch, self._local, b" " + data + b" ", on_match)
+        return runs, triggered
