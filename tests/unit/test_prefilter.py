@@ -200,3 +200,33 @@ def test_a_glance_never_passes_what_a_full_inspection_would_not():
     for label, (_, value) in POSITIVE.items():  # and never a known secret
         facts = RequestFacts("/", [], value.encode(), "", "text/plain", "api.example.org", None)
         assert not request_clean_at_a_glance(engine, policy.dlp, facts), label
+
+
+def test_max_length_is_the_longest_match_of_the_pattern():
+    # The engine scans only max_length (+ a margin) before each place a match may end: a
+    # number below the pattern's real maximum would miss matches.
+    import re
+
+    for d in BUILTIN:
+        if d.max_length:
+            assert re._parser.parse(d.pattern.pattern.removeprefix("(?-f)")).getwidth()[1] == d.max_length, d.id
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scanning_around_match_ends_finds_what_a_whole_scan_finds(seed):
+    # Digit-heavy ASCII text: cards, NHS numbers, SSNs and phone numbers next to ids, timestamps,
+    # long digit runs and each other; with and without the prefilter (whole-text regex scans).
+    rng = random.Random(seed)
+    pieces = ["4111 1111 1111 1111", "4111111111111111", "5500-0000-0000-0004", "943 476 5919", "nhs ",
+              "4-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-0-6",  # a 19-digit card at the pattern's longest (37)
+              "078-05-1120", "+44 20 7946 0958", "1700000000000", "12345678901234567890123", "GB82WEST12345698765432",
+              "AB123456C", " ", "-", "x", "\n", "0", "42", ":", "+"]
+    for _ in range(150):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
+        assert findings(WITH, text) == findings(WITHOUT, text), text
+
+
+def test_too_many_places_to_look_falls_back_to_one_whole_scan():
+    text = " ".join(["4111111111111111"] * 400)  # far more match ends than LOCATE_LIMIT
+    assert WITH._multi.locate(text, "payment_card") is None or not WITH._multi.active
+    assert findings(WITH, text) == findings(WITHOUT, text) and len(findings(WITH, text)) == 400

@@ -35,6 +35,10 @@ class Detector:
     placeholder: Callable[[str], bool] | None = None
     secret: bool = True
     tests: dict = field(default_factory=dict, compare=False)  # {"tp": [...], "fp": [...]} examples
+    # The longest text the pattern can match, when it is short and bounded: the engine then
+    # runs the regex only around the places the prefilter points at (digit-run detectors
+    # fire on most bodies: ids, timestamps). A unit test checks it against the pattern.
+    max_length: int | None = None
 
 
 def _re(pattern: str, flags: int = 0) -> regex.Pattern:
@@ -101,17 +105,19 @@ BUILTIN: tuple[Detector, ...] = (
     # Personal data.
     # Not inside a longer token: digit runs in hashes, tracking numbers or ids are not cards.
     Detector("payment_card", _re(r"(?<![\w-])(?:\d[ -]?){11,18}\d(?![\w-])"), validate=v.card_number, secret=False,
-             keywords=(DIGITS,)),
+             keywords=(DIGITS,), max_length=37),
     Detector("iban", _re(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), validate=v.iban, secret=False,
-             keywords=(DIGITS,)),
-    Detector("us_ssn", _re(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), validate=v.us_ssn, secret=False, keywords=("-",)),
+             keywords=(DIGITS,), max_length=43),
+    Detector("us_ssn", _re(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), validate=v.us_ssn, secret=False, keywords=("-",),
+             max_length=11),
     Detector("uk_nino", _re(r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"), validate=v.uk_nino,
-             secret=False, keywords=(DIGITS,)),
+             secret=False, keywords=(DIGITS,), max_length=13),
     Detector("uk_nhs_number", _re(r"(?<![\d-])\d{3}[ -]?\d{3}[ -]?\d{4}(?![\d-])"), validate=v.uk_nhs_number,
-             context=("nhs",), secret=False, keywords=("nhs",)),
+             context=("nhs",), secret=False, keywords=("nhs",), max_length=12),
     Detector("email", _re(r"\b[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}\b"), secret=False,
              keywords=("@",)),
-    Detector("phone", _re(r"(?<![\w+])\+[1-9][\d ().-]{6,18}\d(?!\d)"), validate=_phone, secret=False, keywords=("+",)),
+    Detector("phone", _re(r"(?<![\w+])\+[1-9][\d ().-]{6,18}\d(?!\d)"), validate=_phone, secret=False, keywords=("+",),
+             max_length=21),
 )
 
 

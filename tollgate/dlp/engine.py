@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Iterator
 
 import regex
 
@@ -45,8 +46,9 @@ class Engine:
         self.detectors = detectors
         self.prefilter = prefilter  # off only in the benchmark and tests, to prove it changes no finding
         keywords = tuple(sorted({k for d in detectors for k in d.keywords}))
+        locatable = frozenset(d.id for d in detectors if d.max_length)
         self._multi = prefilters.build(tuple((d.id, d.pattern.pattern, bool(d.pattern.flags & regex.IGNORECASE))
-                                             for d in detectors), keywords, DIGITS, _DIGIT_RUN_ASCII) \
+                                             for d in detectors), keywords, DIGITS, _DIGIT_RUN_ASCII, locatable) \
             if prefilter else None
 
     @classmethod
@@ -67,7 +69,9 @@ class Engine:
             if self.prefilter and detector.keywords and not keywords.any_of(detector.keywords):
                 continue
             try:
-                found = detector.pattern.finditer(view.text, timeout=PATTERN_TIMEOUT)
+                ends = self._multi.locate(view.text, detector.id) if self._multi and detector.max_length else None
+                found = detector.pattern.finditer(view.text, timeout=PATTERN_TIMEOUT) if ends is None \
+                    else _around(detector.pattern, view.text, ends, detector.max_length)
                 for m in found:
                     matches.extend(self._confirm(detector, m, view))
             except TimeoutError:
@@ -102,6 +106,28 @@ class Engine:
         placeholder = bool(detector.placeholder and detector.placeholder(value))
         o_start, o_end = view.to_original(start, end)
         return [Match(detector.id, o_start, o_end, value, placeholder)]
+
+
+def _around(pattern: regex.Pattern, text: str, ends: list[int], max_length: int) -> Iterator[regex.Match]:
+    """The matches a scan of the whole text would find, found only in windows around the
+    places a match may end. A window reaches max_length (and a margin for lookarounds) before
+    an end; overlapping windows are merged, so each whole-text match lies inside one window,
+    which never starts inside a match. Lookbehinds see the text before a window. A match that
+    touches a window's cut-off end could be an artefact of the cut (the text goes on there);
+    it is dropped: a real match there would end later, inside a window of its own."""
+    margin = 8
+    windows: list[list[int]] = []
+    for end in ends:
+        start, stop = max(0, end - max_length - margin), min(len(text), end + margin)
+        if windows and start <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], stop)
+        else:
+            windows.append([start, stop])
+    for start, stop in windows:
+        for m in pattern.finditer(text, start, stop, timeout=PATTERN_TIMEOUT):
+            if m.end() == stop < len(text):
+                break
+            yield m
 
 
 class _Keywords:

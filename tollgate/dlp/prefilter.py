@@ -139,9 +139,9 @@ def _skip_group(source: str, i: int) -> int:
 
 @functools.lru_cache(maxsize=16)
 def build(patterns: tuple[tuple[str, str, bool], ...], keywords: tuple[str, ...] = (),
-          digits_marker: str = "", digits_pattern: str = "") -> "Prefilter":
+          digits_marker: str = "", digits_pattern: str = "", locatable: frozenset[str] = frozenset()) -> "Prefilter":
     """Compiling takes about a second: every engine with the same detectors shares one."""
-    return Prefilter(patterns, keywords, digits_marker, digits_pattern)
+    return Prefilter(patterns, keywords, digits_marker, digits_pattern, locatable)
 
 
 @dataclass(frozen=True)
@@ -152,17 +152,20 @@ class Hits:
 
 class Prefilter:
     def __init__(self, patterns: Iterable[tuple[str, str, bool]], keywords: Iterable[str] = (),
-                 digits_marker: str = "", digits_pattern: str = ""):
+                 digits_marker: str = "", digits_pattern: str = "", locatable: frozenset[str] = frozenset()):
         """``patterns``: (detector id, regex source, case-insensitive). Case-insensitive
         patterns always run: Unicode case folding (the Kelvin sign is a k) is beyond ASCII mode.
 
         ``keywords``: the detectors' keywords, found in the same pass over ASCII text (ASCII
         caseless matching equals str.lower() there, and only there). ``digits_marker`` stands
-        for a digit run, found with ``digits_pattern``."""
+        for a digit run, found with ``digits_pattern``.
+
+        ``locatable``: detectors whose match ends `locate` reports in ASCII text."""
         self.always: set[str] = set()  # detectors the prefilter cannot vouch for
         self._ids: list[str] = []
         self._keywords: list[str] = []
         self._db = None
+        self._locators: dict[str, tuple] = {}
         patterns = list(patterns)
         if hyperscan is None:
             self.always = {d for d, _, _ in patterns}
@@ -202,6 +205,10 @@ class Prefilter:
         self._local = threading.local()  # scratch space is per thread; scans run in worker threads
         self._ascii_local = threading.local()
         self._keywords_known = keyword_expressions is not None
+        for detector, _, ascii_pattern in compiled:
+            if detector in locatable:  # every match end, not just "somewhere"
+                db = _database([ascii_pattern], [_ASCII_FLAGS & ~hyperscan.HS_FLAG_SINGLEMATCH])
+                self._locators[detector] = (db, hyperscan.Scratch(db), threading.local())
 
     @property
     def active(self) -> bool:
@@ -241,6 +248,29 @@ class Prefilter:
 
         _scan(self._db, self._scratch, self._local, data, on_match)
         return Hits(hits, None)
+
+    def locate(self, text: str, detector: str) -> list[int] | None:
+        """Every offset in ASCII ``text`` where a match of ``detector`` may end (a superset of
+        where its regex matches end), in order; None when not known (not ASCII, not locatable,
+        or too many to be worth it)."""
+        locator = self._locators.get(detector)
+        if locator is None or not text.isascii():
+            return None
+        db, scratch, local = locator
+        ends: list[int] = []
+
+        def on_match(_index: int, _from: int, end: int, _flags: int, _ctx: object) -> bool | None:
+            ends.append(end)
+            return True if len(ends) > LOCATE_LIMIT else None  # True stops the scan
+
+        try:
+            _scan(db, scratch, local, text.encode("ascii"), on_match)
+        except hyperscan.ScanTerminated:
+            return None  # stopped at the limit
+        return ends
+
+
+LOCATE_LIMIT = 256  # match ends; beyond that one regex pass over the whole text is cheaper
 
 
 def _case_forms(keyword: str) -> list[str]:
