@@ -23,8 +23,7 @@ from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode
 import brotli
 import zstandard
 
-from tollgate.dlp.prefilter import build as build_prefilter
-from tollgate.dlp.prefilter import build_run_finder
+from tollgate.dlp.prefilter import build as build_prefilter, build_run_finder
 
 MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
 MAX_LAYER_DEPTH = 3  # base64/hex/percent/entities inside each other
@@ -360,8 +359,9 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
 
 
 def _layer_candidates(text: str) -> tuple[list[str], bool]:
-    """(every base64-class run, whether separated hex may occur): one hyperscan pass for
-    ASCII text; without hyperscan, or for other text, the slower ways below."""
+    """(every base64-class run, whether separated hex may occur): one hyperscan pass (other
+    than ASCII text needs a second one for the hex trigger); without hyperscan, the slower
+    ways below."""
     if not _RUNS_AND_HEX.active:
         return _b64_runs(text), _separated_hex_possible(text)
     raw = text.encode("utf-8", "surrogatepass")  # non-ASCII becomes bytes >= 0x80: separators

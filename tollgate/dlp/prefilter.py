@@ -171,7 +171,7 @@ class Prefilter:
             self.always = {d for d, _, _ in patterns}
             return
         # Two databases of the same detectors: one for any UTF-8 text, and one for ASCII text
-        # (most request bodies), where \\d, \\w and \\s need not admit non-ASCII characters.
+        # (most request bodies), where \d, \w and \s need not admit non-ASCII characters.
         compiled: list[tuple[str, bytes, bytes]] = []
         for detector, source, caseless in patterns:
             source = source.removeprefix("(?-f)")  # case folding is moot: caseless patterns always run
