@@ -32,6 +32,11 @@ class Metrics:
         self.reloads = Counter("tollgate_policy_reloads", "Policy reloads by result", ["result"], registry=r)
         self.audit_errors = Counter("tollgate_audit_write_errors", "Audit events that could not be written",
                                     registry=r)
+        # Read when scraped (set_function): what the proxy holds now, so growth shows.
+        self.in_flight = Gauge("tollgate_requests_in_flight", "Requests received and not yet answered or failed",
+                               registry=r)
+        self.connections = Gauge("tollgate_client_connections", "Client connections the proxy keeps state for",
+                                 registry=r)
         self._policy_sha: str | None = None
 
     def observe(self, event: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import threading
 import time
 
 import httpx
@@ -97,3 +98,25 @@ def test_ops_listener_answers_only_get(observed):
     _, ops = observed
     assert httpx.post(f"{ops}/metrics").status_code == 405
     assert httpx.get(f"{ops}/nothing").status_code == 404
+
+
+def test_in_flight_requests_and_open_connections_are_gauged(env, observed):
+    # A request the upstream answers after 2 s is in flight meanwhile, on one open client
+    # connection; both gauges come back down once it is answered and the client is gone.
+    proxy, ops = observed
+    verify = ssl.create_default_context(cafile=str(proxy.root_ca))
+    client = httpx.Client(proxy=proxy.url, verify=verify, timeout=20)
+    done = {}
+    slow = threading.Thread(target=lambda: done.setdefault("status", client.get(
+        f"https://api.allowed.test:{env.tls.port}/delay/2").status_code))
+    slow.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(r.path == "/delay/2" for r in env.tls.requests):
+        time.sleep(0.05)
+    text = httpx.get(f"{ops}/metrics").text
+    assert sample(text, "tollgate_requests_in_flight") == 1
+    assert sample(text, "tollgate_client_connections") >= 1
+    slow.join(20)
+    client.close()
+    assert done == {"status": 200}
+    assert sample(httpx.get(f"{ops}/metrics").text, "tollgate_requests_in_flight") == 0

@@ -151,6 +151,8 @@ class Tollgate:
         self._ops_server: asyncio.Server | None = None
         self._log_filter: logfilter.ProtocolErrorFilter | None = None
         self.in_flight: set[str] = set()  # ids of requests not yet answered: a graceful stop waits for them
+        self.metrics.in_flight.set_function(lambda: len(self.in_flight))
+        self.metrics.connections.set_function(lambda: len(self.conns))
 
     @property
     def policy(self) -> Policy | None:
