@@ -95,3 +95,46 @@ def test_websocket_history_is_not_kept():
             asyncio.run(addon.websocket_message(flow))
         assert len(flow.websocket.messages) == 1
     assert flow.websocket.messages[0].text == "message 49" and not flow.websocket.messages[0].dropped
+
+
+def _slow(*_args):
+    import time
+
+    time.sleep(1)  # longer than the patched DLP_TIMEOUT
+
+
+def test_a_request_scan_that_times_out_is_blocked_as_uninspectable(monkeypatch):
+    from tollgate.mitm import addon as addon_module
+    from tests.support.secrets import POSITIVE
+
+    monkeypatch.setattr(addon_module, "DLP_TIMEOUT", 0.05)
+    monkeypatch.setattr(addon_module, "inspect_request", _slow)
+    # A body a detector could match: not clean at a glance, so it needs the full (slow) inspection.
+    flow = tflow.tflow(req=tutils.treq(method=b"POST", content=('{"k": "%s"}' % POSITIVE["aws_access_key_id"][1]).encode()))
+    flow.metadata["tollgate"] = {"approved": True}
+    addon = approved_addon(flow)
+    with taddons.context(addon):
+        asyncio.run(addon.request(flow))
+    assert flow.response is not None and flow.response.status_code == 403
+    event = addon.audit.events[-1]
+    assert event["event"]["action"] == "request-uninspectable"
+    assert event["tollgate"]["dlp"] == {"uninspectable": "scan_timeout"}
+
+
+def test_a_websocket_scan_that_times_out_drops_the_message(monkeypatch):
+    from mitmproxy import websocket
+
+    from tollgate.mitm import addon as addon_module
+    from tests.support.secrets import POSITIVE
+
+    monkeypatch.setattr(addon_module, "DLP_TIMEOUT", 0.05)
+    monkeypatch.setattr(addon_module, "inspect_message", _slow)
+    flow = tflow.twebsocketflow()
+    addon = approved_addon(flow)
+    flow.websocket.messages.append(websocket.WebSocketMessage(1, True, POSITIVE["aws_access_key_id"][1].encode()))
+    with taddons.context(addon):
+        asyncio.run(addon.websocket_message(flow))
+    assert flow.websocket.messages[-1].dropped
+    event = addon.audit.events[-1]
+    assert event["event"]["action"] == "message-blocked"
+    assert event["tollgate"]["dlp"]["uninspectable"] == "scan_timeout"

@@ -106,6 +106,11 @@ async def in_thread(inspect: Callable, *args: Any) -> Any:
     return await asyncio.wait_for(asyncio.to_thread(inspect, *args), DLP_TIMEOUT)
 
 
+def scan_timed_out() -> Outcome:
+    """A scan that outlasted DLP_TIMEOUT: the content was not inspected, so it is not forwarded."""
+    return Outcome("uninspectable", uninspectable="scan_timeout", message="the scan took too long")
+
+
 def fail_closed(kind: str) -> Callable:
     """Wrap a hook so that any exception refuses the traffic it was handling."""
 
@@ -588,7 +593,7 @@ class Tollgate:
                 outcome = await in_thread(inspect_request, runtime.engine, runtime.policy.dlp, self.hmac_key, facts,
                                           runtime.evidence_key, report_only)
         except asyncio.TimeoutError:
-            outcome = Outcome("uninspectable", uninspectable="scan_timeout", message="the scan took too long")
+            outcome = scan_timed_out()
         self.metrics.scan_seconds.observe(time.monotonic() - started)
         self._apply_outcome(flow, approval, outcome, runtime.policy.dlp.uninspectable == "block", report_only)
 
@@ -648,13 +653,18 @@ class Tollgate:
         runtime = self._runtime(flow)
         report_only = runtime.policy.report_only(approval.decision.rule)
         text = message.text if message.is_text else message.content.decode("latin-1")
-        if len(text) <= GLANCE_BYTES and clean_at_a_glance(runtime.engine, text):
-            outcome, redacted = Outcome("allow"), text
-        else:
-            outcome, redacted = await in_thread(inspect_message, runtime.engine, runtime.policy.dlp, self.hmac_key,
-                                                text, approval.host, approval.decision.rule, runtime.evidence_key,
-                                                report_only)
+        try:
+            if len(text) <= GLANCE_BYTES and clean_at_a_glance(runtime.engine, text):
+                outcome, redacted = Outcome("allow"), text
+            else:
+                outcome, redacted = await in_thread(inspect_message, runtime.engine, runtime.policy.dlp,
+                                                    self.hmac_key, text, approval.host, approval.decision.rule,
+                                                    runtime.evidence_key, report_only)
+        except asyncio.TimeoutError:
+            outcome, redacted = scan_timed_out(), text
         extra: dict[str, Any] = {"dlp": {"findings": outcome.findings}, "websocket": True}
+        if outcome.uninspectable:
+            extra["dlp"]["uninspectable"] = outcome.uninspectable
         if outcome.would:
             extra["dlp"]["would"] = outcome.would
         detectors = outcome.decision.detectors if outcome.decision else []
