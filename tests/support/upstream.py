@@ -263,10 +263,14 @@ class _Reader:
     def chunked(self) -> bytes:
         body = b""
         while True:
-            size = int(self.line().split(b";")[0].strip() or b"0", 16)
+            line = self.line()
+            if not line.endswith(b"\n"):  # like a real server: a body cut short is not a request
+                raise ValueError("connection closed mid-body")
+            size = int(line.split(b";")[0].strip() or b"0", 16)
             if size == 0:
-                while self.line() not in (b"\r\n", b"\n", b""):
-                    pass
+                while (trailer := self.line()) not in (b"\r\n", b"\n"):
+                    if not trailer:
+                        raise ValueError("connection closed mid-body")
                 return body
             body += self.exact(size)
             self.exact(2)

@@ -115,3 +115,16 @@ def test_file_copy_keeps_line_numbers(tmp_path):
     shutil.copy(DATA / "unknown_key.yaml", target)
     with pytest.raises(PolicyError, match=r"copy.yaml:6: proxy"):
         load_policy(target)
+
+
+def test_large_bodies_defaults_and_stream_settings():
+    base = b"version: 1\nclients: [{name: a, cidrs: [127.0.0.1/32]}]\ndestinations: []\n"
+    default = parse_policy(base).dlp
+    assert (default.large_bodies, default.largest_body_bytes) == ("block", default.max_body_bytes)
+    stream = parse_policy(base + b"dlp: {large_bodies: stream, max_body_bytes: 1000, stream_max_bytes: 50000}\n").dlp
+    assert (stream.large_bodies, stream.largest_body_bytes) == ("stream", 50000)
+    with pytest.raises(PolicyError) as err:
+        parse_policy(base + b"dlp:\n  large_bodies: stream\n  max_body_bytes: 1000\n  stream_max_bytes: 10\n", "p.yaml")
+    assert str(err.value) == "p.yaml:4: dlp: stream_max_bytes (10) is below max_body_bytes (1000)"
+    with pytest.raises(PolicyError, match="large_bodies"):
+        parse_policy(base + b"dlp: {large_bodies: spool}\n")

@@ -177,11 +177,15 @@ def quick_view(path: str, headers: list[tuple[str, str]], body: bytes, content_t
 _CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
 
 
+def declared_charset(content_type: str) -> str:
+    match = _CHARSET.search(content_type or "")
+    return match.group(1).lower() if match else "utf-8"
+
+
 def parse_request(path: str, headers: list[tuple[str, str]], body: bytes, content_type: str) -> RequestContent:
     """Split a request (body already transport-decoded) into slots to scan."""
     raw_path, _, raw_query = path.partition("?")
-    charset_match = _CHARSET.search(content_type or "")
-    charset = charset_match.group(1).lower() if charset_match else "utf-8"
+    charset = declared_charset(content_type)
     media = (content_type or "").split(";")[0].strip().lower()
     content = RequestContent(raw_path, parse_qsl(raw_query, keep_blank_values=True), list(headers), "none", None, charset)
 

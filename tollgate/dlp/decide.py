@@ -15,7 +15,7 @@ or redact becomes a report that remembers what it ``would`` have been.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tollgate.dlp.detectors import BUILTIN
 from tollgate.policy.model import Destination, DlpSettings
@@ -29,13 +29,13 @@ class Finding:
     detector: str
     where: str
     layers: tuple[str, ...]
-    value: str  # raw: only for redaction and fingerprinting, never logged or returned
+    value: str = field(repr=False)  # raw: only for redaction and fingerprinting, never logged or returned
     start: int
     end: int
     rewritable: bool
     placeholder: bool = False
     slot: int = -1  # index of the rewritable slot it was found in (-1: a decoded layer or the joined view)
-    context: str = ""  # the text around the value: only ever stored sealed to a reviewer's key
+    context: str = field(default="", repr=False)  # the text around the value: only ever stored sealed to a reviewer's key
 
 
 @dataclass(frozen=True)

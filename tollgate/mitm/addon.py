@@ -9,6 +9,7 @@ and is audited, because mitmproxy itself would log it and forward the flow unsca
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import ipaddress
@@ -32,6 +33,7 @@ from tollgate.audit.fingerprint import load_or_create_key
 from tollgate.audit.writer import AuditError, AuditWriter
 from tollgate.dlp.inspect import (Outcome, RequestFacts, clean_at_a_glance, inspect_message, inspect_request,
                                   request_clean_at_a_glance)
+from tollgate.dlp.stream import StreamScanner
 from tollgate.gates.address import ResolveError, choose_address, parse_ip_literal, resolve
 from tollgate.gates.client import identify_client
 from tollgate.gates.decision import Decision, Reason
@@ -41,6 +43,7 @@ from tollgate.metrics import Metrics
 from tollgate.mitm import logfilter
 from tollgate.mitm.hardening import review_options
 from tollgate.mitm.responses import error_response
+from tollgate.mitm.streaming import StreamGuard, cut_upstream
 from tollgate.mitm.runtime import (ReloadError, Runtime, build_runtime, check_replaceable, cover_policy,
                                    file_signature)
 from tollgate.policy.hosts import normalize_host
@@ -104,6 +107,13 @@ async def in_thread(inspect: Callable, *args: Any) -> Any:
     """A full DLP inspection off the event loop; one that outlasts DLP_TIMEOUT raises
     asyncio.TimeoutError instead of holding the request."""
     return await asyncio.wait_for(asyncio.to_thread(inspect, *args), DLP_TIMEOUT)
+
+
+def _stream_facts(guard: Any) -> dict[str, int]:
+    """How much of a streamed body came in and went out, for its audit event."""
+    if not isinstance(guard, StreamGuard):
+        return {}
+    return {"received_bytes": guard.scanner.received, "forwarded_bytes": guard.scanner.forwarded}
 
 
 def scan_timed_out() -> Outcome:
@@ -215,9 +225,10 @@ class Tollgate:
         ctx.options.update(
             ssl_verify_upstream_trusted_ca=str(runtime.trust_bundle),
             tls_version_server_min=TLS_VERSIONS[runtime.policy.upstream.min_tls_version],
-            # A hard cap on what mitmproxy buffers; Content-Length above the policy's limit is
-            # refused earlier, in requestheaders, with a JSON answer.
-            body_size_limit=str(runtime.policy.dlp.max_body_bytes + 1024 * 1024),
+            # A hard cap on what mitmproxy buffers (or, with large_bodies: stream, on a declared
+            # length); a Content-Length above the policy's limit is refused earlier, in
+            # requestheaders, with a JSON answer. Streamed bodies are capped by the scanner.
+            body_size_limit=str(runtime.policy.dlp.largest_body_bytes + 1024 * 1024),
         )
 
     # --- hot reload -------------------------------------------------------------------
@@ -502,7 +513,7 @@ class Tollgate:
                 self._deny(flow, decision, "request-denied", "request", tunnel.host, tunnel.port)
                 return
             self._approve(flow, tunnel)
-            self._check_declared_size(flow, tunnel)
+            await self._plan_body(flow, tunnel)
             return
         # A plain-HTTP proxy request: the absolute URL names the destination.
         refusal = check_authorities(flow.request.host, flow.request.port, hosts, None)
@@ -513,12 +524,12 @@ class Tollgate:
         if approval:
             self._state(flow.client_conn).plain[(approval.host, approval.port)] = approval
             self._approve(flow, approval)
-            self._check_declared_size(flow, approval)
+            await self._plan_body(flow, approval)
 
     @fail_closed("http")
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error:
-            return
+        if flow.response or flow.error or flow.metadata.get("tollgate", {}).get("cut"):
+            return  # (a cut stream was audited when it was cut)
         # Positive approval: a request that no gate approved is never forwarded.
         if flow.metadata.get("tollgate", {}).get("approved") is not True:
             self._deny(flow, Decision(Reason.INTERNAL_ERROR, "the request was not approved by the policy"),
@@ -530,6 +541,12 @@ class Tollgate:
             # mitmproxy 11.0.2 forwards such an HTTP/2 body to an HTTP/1.1 upstream with neither
             # header: the upstream reads an empty body and the bytes desync the connection.
             headers["content-length"] = str(len(flow.request.raw_content))
+        guard = flow.request.stream
+        if isinstance(guard, StreamGuard):
+            if not guard.used and guard.added_chunked:
+                del headers["transfer-encoding"]  # no body after all: the request goes out as it came
+            self._finish_stream(flow, guard)
+            return
         await self._inspect(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -544,8 +561,8 @@ class Tollgate:
     def error(self, flow: http.HTTPFlow) -> None:
         """mitmproxy answered a protocol or connection error itself (HTML 400/502): audit it."""
         self.in_flight.discard(flow.id)
-        if flow.error is None:
-            return
+        if flow.error is None or flow.metadata.get("tollgate", {}).get("cut"):
+            return  # a stream Tollgate cut was audited when it was cut
         # Only the text before the first colon: details may quote raw request bytes.
         kind = flow.error.msg.split(":", 1)[0][:120]
         tunnel = self._tunnel(flow)
@@ -557,16 +574,97 @@ class Tollgate:
 
     # --- stage 6: DLP -----------------------------------------------------------------
 
-    def _check_declared_size(self, flow: http.HTTPFlow, approval: Approval) -> None:
-        """A declared body over the limit is answered before it is read (block policy only).
-        A memory safeguard: enforced in report-only mode too."""
+    async def _plan_body(self, flow: http.HTTPFlow, approval: Approval) -> None:
+        """A body over dlp.max_body_bytes is refused before it is read or, with
+        large_bodies: stream, scanned as it passes. So is a body of unknown length in stream
+        mode: mitmproxy would otherwise buffer it up to the stream cap."""
+        dlp = self._runtime(flow).policy.dlp
         declared = flow.request.headers.get("content-length", "")
-        policy = self._runtime(flow).policy
-        if declared.isdigit() and int(declared) > policy.dlp.max_body_bytes and policy.dlp.uninspectable == "block":
-            self._deny(flow, Decision(Reason.BODY_TOO_LARGE, f"the body is larger than the {policy.dlp.max_body_bytes}-byte "
-                                      "limit (dlp.max_body_bytes) and cannot be inspected",
-                                      rule=approval.decision.rule, client=approval.decision.client),
-                       "request-uninspectable", "dlp", approval.host, approval.port)
+        if dlp.large_bodies == "stream" and declared.isdigit() and int(declared) <= dlp.max_body_bytes:
+            return  # buffered and inspected whole, as usual
+        limit = dlp.largest_body_bytes
+        if declared.isdigit() and int(declared) > limit:
+            if dlp.uninspectable == "block":  # a memory safeguard: enforced in report-only mode too
+                what = "dlp.stream_max_bytes" if dlp.large_bodies == "stream" else "dlp.max_body_bytes"
+                self._deny(flow, Decision(Reason.BODY_TOO_LARGE, f"the body is larger than the {limit}-byte limit "
+                                          f"({what}) and cannot be inspected", rule=approval.decision.rule,
+                                          client=approval.decision.client),
+                           "request-uninspectable", "dlp", approval.host, approval.port)
+            return
+        if dlp.large_bodies == "stream" and (declared or flow.request.is_http2 or "transfer-encoding" in flow.request.headers):
+            await self._start_stream_scan(flow, approval)  # (an HTTP/1.1 request with neither header has no body)
+
+    async def _start_stream_scan(self, flow: http.HTTPFlow, approval: Approval) -> None:
+        """Inspect the path and headers now (they go out when the stream starts), then hand
+        the body to a StreamGuard."""
+        runtime = self._runtime(flow)
+        report_only = runtime.policy.report_only(approval.decision.rule)
+        head = dataclasses.replace(self._facts(flow, approval), body=b"", content_encoding="")
+        try:
+            if request_clean_at_a_glance(runtime.engine, runtime.policy.dlp, head):
+                outcome = Outcome("allow")
+            else:
+                outcome = await in_thread(inspect_request, runtime.engine, runtime.policy.dlp, self.hmac_key, head,
+                                          runtime.evidence_key, report_only)
+        except asyncio.TimeoutError:
+            outcome = scan_timed_out()
+        block_uninspectable = runtime.policy.dlp.uninspectable == "block"
+        self._apply_outcome(flow, approval, outcome, block_uninspectable, report_only, keep_body=True)
+        if flow.response:
+            return
+        scanner = StreamScanner(runtime.engine, runtime.policy.dlp, self.hmac_key, approval.host,
+                                approval.decision.rule, flow.request.headers.get("content-encoding", ""),
+                                flow.request.headers.get("content-type", ""), runtime.evidence_key, report_only)
+        if scanner.stopped is not None:
+            # It cannot be scanned at all (its encoding or charset): refused before a byte goes
+            # out, or, if the policy only reports, streamed unscanned.
+            self._apply_outcome(flow, approval, scanner.stopped, block_uninspectable, report_only)
+            if flow.response:
+                return
+            scanner.pass_rest()
+        guard = StreamGuard(
+            scanner,
+            on_stop=lambda stopped: self._stream_stopped(flow, approval, stopped, block_uninspectable, report_only),
+            on_error=lambda: self._stream_failed(flow, approval))
+        headers = flow.request.headers
+        if "content-length" not in headers and "transfer-encoding" not in headers and flow.server_conn.alpn != b"h2":
+            # An HTTP/2 body of unknown length to an HTTP/1.1 upstream: mitmproxy 11.0.2 would send
+            # it with no framing at all. (Taken out again if there is no body.)
+            headers["transfer-encoding"] = "chunked"
+            guard.added_chunked = True
+        flow.request.stream = guard
+
+    def _stream_stopped(self, flow: http.HTTPFlow, approval: Approval, outcome: Outcome, block_uninspectable: bool,
+                        report_only: bool) -> bool:
+        """The scanner stopped a stream: audit it, and cut it unless the policy only reports.
+        True when the rest goes out (report)."""
+        self._apply_outcome(flow, approval, outcome, block_uninspectable, report_only, streamed=flow.request.stream)
+        return not flow.metadata.get("tollgate", {}).get("cut")
+
+    def _stream_failed(self, flow: http.HTTPFlow, approval: Approval) -> None:
+        decision = Decision(Reason.INTERNAL_ERROR, "internal error in the dlp stage; the request was cut",
+                            rule=approval.decision.rule, client=approval.decision.client)
+        self._refuse_stream(flow, approval, "request-denied", decision, {})
+
+    def _refuse_stream(self, flow: http.HTTPFlow, approval: Approval, action: str, decision: Decision,
+                       extra: dict[str, Any]) -> None:
+        """A streamed request may not go on: cut its upstream connection (the client gets
+        mitmproxy's 502), then audit. The bytes already forwarded were scanned and clean."""
+        flow.metadata.setdefault("tollgate", {}).update(approved=False, cut=True, reason=decision.reason.value)
+        closed = cut_upstream(flow)
+        extra = {**extra, "stream": {**_stream_facts(flow.request.stream), "upstream_closed": closed}}
+        self._audit_flow(flow, approval, action, decision, extra, incident=new_incident_id())
+
+    def _finish_stream(self, flow: http.HTTPFlow, guard: StreamGuard) -> None:
+        """The end of a streamed body (the request hook): audit what it carried."""
+        if not guard.used or guard.failed or guard.scanner.stopped is not None:
+            return  # no body (path and headers were inspected already), or audited when it stopped
+        runtime = self._runtime(flow)
+        approval = self._approval_of(flow)
+        if approval is None:
+            raise RuntimeError("DLP without an approved destination")
+        self._apply_outcome(flow, approval, guard.scanner.outcome(), runtime.policy.dlp.uninspectable == "block",
+                            runtime.policy.report_only(approval.decision.rule), streamed=guard)
 
     def _runtime(self, flow: http.HTTPFlow) -> Runtime:
         state = self.conns.get(flow.client_conn)
@@ -580,11 +678,7 @@ class Tollgate:
             raise RuntimeError("DLP without an approved destination")
         runtime = self._runtime(flow)
         report_only = runtime.policy.report_only(approval.decision.rule)
-        facts = RequestFacts(
-            path=flow.request.path, headers=list(flow.request.headers.items(multi=True)),
-            body=flow.request.raw_content or b"", content_encoding=flow.request.headers.get("content-encoding", ""),
-            content_type=flow.request.headers.get("content-type", ""), host=approval.host,
-            destination=approval.decision.rule)
+        facts = self._facts(flow, approval)
         started = time.monotonic()
         try:
             if len(facts.body) <= GLANCE_BYTES and request_clean_at_a_glance(runtime.engine, runtime.policy.dlp, facts):
@@ -597,19 +691,37 @@ class Tollgate:
         self.metrics.scan_seconds.observe(time.monotonic() - started)
         self._apply_outcome(flow, approval, outcome, runtime.policy.dlp.uninspectable == "block", report_only)
 
+    @staticmethod
+    def _facts(flow: http.HTTPFlow, approval: Approval) -> RequestFacts:
+        return RequestFacts(
+            path=flow.request.path, headers=list(flow.request.headers.items(multi=True)),
+            body=flow.request.raw_content or b"", content_encoding=flow.request.headers.get("content-encoding", ""),
+            content_type=flow.request.headers.get("content-type", ""), host=approval.host,
+            destination=approval.decision.rule)
+
     def _apply_outcome(self, flow: http.HTTPFlow, approval: Approval, outcome: Outcome, block_uninspectable: bool,
-                       report_only: bool) -> None:
+                       report_only: bool, keep_body: bool = False, streamed: StreamGuard | None = None) -> None:
+        """Act on an inspection's outcome. keep_body: only the path and headers were inspected
+        (a stream follows). streamed: the body is passing through that guard: a refusal cuts it."""
         rule, client = approval.decision.rule, approval.decision.client
         extra: dict[str, Any] = {"dlp": {"findings": outcome.findings}} if outcome.findings else {}
+        if streamed is not None:
+            extra["stream"] = _stream_facts(streamed)
         if outcome.would:
             extra.setdefault("dlp", {})["would"] = outcome.would
         if outcome.action == "uninspectable":
-            extra = {"dlp": {"uninspectable": outcome.uninspectable}}
+            extra = {**extra, "dlp": {"uninspectable": outcome.uninspectable}}
             decision = Decision(Reason.BODY_TOO_LARGE if outcome.uninspectable == "too_large" else Reason.UNINSPECTABLE,
                                 f"the request cannot be inspected: {outcome.message}", rule=rule, client=client)
             if block_uninspectable and not report_only:
-                self._deny(flow, decision, "request-uninspectable", "dlp", approval.host, approval.port, extra=extra)
-            elif block_uninspectable:
+                if streamed is not None:
+                    self._refuse_stream(flow, approval, "request-uninspectable", decision, extra)
+                else:
+                    self._deny(flow, decision, "request-uninspectable", "dlp", approval.host, approval.port, extra=extra)
+                return
+            if streamed is not None:  # written when scanning stopped: what follows goes out unscanned
+                extra["stream"]["rest_unscanned"] = True
+            if block_uninspectable:
                 extra["dlp"]["would"] = "block"
                 self._audit_flow(flow, approval, "request-would-block", decision, extra, enforced=False)
             else:
@@ -619,13 +731,17 @@ class Tollgate:
         if outcome.action == "block":
             decision = Decision(Reason.DLP_BLOCKED, "the request carries data that may not leave: " + ", ".join(detectors),
                                 rule=rule, client=client)
-            self._deny(flow, decision, "request-blocked", "dlp", approval.host, approval.port, extra=extra,
-                       detectors=detectors)
+            if streamed is not None:
+                self._refuse_stream(flow, approval, "request-blocked", decision, extra)
+            else:
+                self._deny(flow, decision, "request-blocked", "dlp", approval.host, approval.port, extra=extra,
+                           detectors=detectors)
         elif outcome.action == "redact":
             flow.request.path = outcome.path
             flow.request.headers = http.Headers([(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
                                                  for k, v in outcome.headers])
-            flow.request.content = outcome.body  # re-encodes with Content-Encoding, fixes Content-Length
+            if not keep_body:
+                flow.request.content = outcome.body  # re-encodes with Content-Encoding, fixes Content-Length
             self._audit_flow(flow, approval, "request-redacted",
                              Decision(Reason.ALLOWED, "forwarded with " + ", ".join(detectors) + " redacted", rule=rule,
                                       client=client), extra)

@@ -131,7 +131,7 @@ def _dlp(old: Policy, new: Policy) -> list[str]:
         weaker = (_STRENGTH[after.action] < _STRENGTH[before.action] or looser_count
                   or (after.mode == "report" and before.mode != "report"))
         out.append(f"{k}: {before.show()} → {after.show()}" + (" (weaker: every client may send more)" if weaker else ""))
-    for key in ("default_action", "uninspectable", "max_body_bytes"):
+    for key in ("default_action", "uninspectable", "max_body_bytes", "large_bodies", "stream_max_bytes"):
         if getattr(old.dlp, key) != getattr(new.dlp, key):
             out.append(f"dlp.{key}: {getattr(old.dlp, key)} → {getattr(new.dlp, key)}")
     return out

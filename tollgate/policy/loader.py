@@ -226,6 +226,8 @@ def _compile(spec: PolicySpec, filename: str, sha256: str, lines: dict[Path_, in
                      for i, c in enumerate(spec.dlp.custom)),
         uninspectable=spec.dlp.uninspectable,
         max_body_bytes=spec.dlp.max_body_bytes,
+        large_bodies=spec.dlp.large_bodies,
+        stream_max_bytes=spec.dlp.stream_max_bytes,
     )
     network = model.NetworkSettings(
         deny_private=spec.network.deny_private,

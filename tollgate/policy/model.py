@@ -72,6 +72,13 @@ class DlpSettings:
     custom: tuple[CustomDetector, ...] = ()
     uninspectable: Literal["block", "report"] = "block"
     max_body_bytes: int = 10 * 1024 * 1024
+    large_bodies: Literal["block", "stream"] = "block"
+    stream_max_bytes: int = 1024 * 1024 * 1024
+
+    @property
+    def largest_body_bytes(self) -> int:
+        """The largest body the proxy takes at all: scanned whole, or as a stream."""
+        return self.stream_max_bytes if self.large_bodies == "stream" else self.max_body_bytes
 
 
 @dataclass(frozen=True)

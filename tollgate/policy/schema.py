@@ -160,6 +160,15 @@ class DlpSpec(_Strict):
     custom: list[CustomDetectorSpec] = []
     uninspectable: Literal["block", "report"] = "block"
     max_body_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    # Bodies over max_body_bytes (and bodies of unknown length): refused, or scanned as a stream.
+    large_bodies: Literal["block", "stream"] = "block"
+    stream_max_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _stream_cap_above_limit(self) -> "DlpSpec":
+        if self.stream_max_bytes < self.max_body_bytes:
+            raise ValueError(f"stream_max_bytes ({self.stream_max_bytes}) is below max_body_bytes ({self.max_body_bytes})")
+        return self
 
     @field_validator("detectors", mode="before")
     @classmethod
