@@ -15,7 +15,7 @@ already gone).
 from __future__ import annotations
 
 import zlib
-from typing import Callable
+from typing import Callable, Iterator
 
 import brotli
 import zstandard
@@ -69,19 +69,22 @@ class StreamScanner:
         if self.stopped:
             return []
         self.received += len(raw)
-        held = False
+        self._held.append((raw, self.decoded))  # its decoded end is set once it is decoded
+        self._held_bytes += len(raw)
         try:
             if self.received > self._dlp.stream_max_bytes:
                 raise Uninspectable("too_large", "the body is larger than dlp.stream_max_bytes")
-            data = raw if self._identity else self._decoder.decompress(raw, self._room())
-            self._hold(raw, self.decoded + len(data))
-            held = True
+            # Piece by piece, each scanned and dropped: a few bytes of brotli can decode to
+            # gigabytes, which are never held at once.
+            for piece in ([raw] if self._identity else self._decoder.decompress(raw)):
+                self._check_ratio(len(piece))
+                self._scan_new(piece)
+                if self.stopped:
+                    return []
+            self._held[-1] = (raw, self.decoded)
             if self._held_bytes > MAX_HELD:
                 raise Uninspectable("stream_stalled", "the compressed body holds too much that does not decode")
-            self._scan_new(data)
         except (Uninspectable, ScanIncomplete) as e:
-            if not held:  # kept, in case the policy forwards the rest anyway (pass_rest)
-                self._hold(raw, self.decoded)
             return self._stop_uninspectable(e)
         if self.stopped:
             return []
@@ -93,7 +96,7 @@ class StreamScanner:
             return []
         try:
             if not self._identity:
-                self._scan_new(self._decoder.flush())
+                self._decoder.finish()
             if not self.stopped:  # nothing follows: the matches at the very end are whole
                 deferred, self._deferred = self._deferred, []
                 self._count(deferred)
@@ -124,13 +127,9 @@ class StreamScanner:
 
     # --- inside -------------------------------------------------------------------------
 
-    def _room(self) -> int:
-        """Decoded bytes the body may still grow by before it counts as a decompression bomb."""
-        return max(self.received * MAX_RATIO, 65536) - self.decoded
-
-    def _hold(self, raw: bytes, decoded_end: int) -> None:
-        self._held.append((raw, decoded_end))
-        self._held_bytes += len(raw)
+    def _check_ratio(self, more: int) -> None:
+        if self.decoded + more > max(self.received * MAX_RATIO, 65536):
+            raise _bomb()
 
     def _release(self, upto: int) -> list[bytes]:
         """Forward the held raw bytes whose decoded content ends at or before `upto`."""
@@ -222,12 +221,11 @@ def _ascii_compatible(charset: str) -> str:
 # --- Content-Encoding, one chunk at a time --------------------------------------------------
 
 class _Decoder:
-    """decompress(raw, cap) returns the output of `raw`, or raises a decompression bomb when
-    it would exceed `cap` bytes (checked as it grows: a few bytes of brotli or zstd can expand
-    to gigabytes); flush() ends the stream and checks it was complete."""
+    """decompress(raw) yields the decoded output in pieces (so it is never all in memory);
+    finish() checks the stream was complete."""
 
-    def __init__(self, decompress: Callable[[bytes, int], bytes], flush: Callable[[], bytes]):
-        self.decompress, self.flush = decompress, flush
+    def __init__(self, decompress: Callable[[bytes], Iterator[bytes]], finish: Callable[[], None]):
+        self.decompress, self.finish = decompress, finish
 
 
 def streaming_decoder(content_encoding: str) -> _Decoder | None:
@@ -264,44 +262,44 @@ def _truncated() -> Uninspectable:
 def _zlib_decoder(wbits: int) -> _Decoder:
     state = {"d": zlib.decompressobj(wbits), "raw_deflate_tried": wbits != zlib.MAX_WBITS, "started": False}
 
-    def decompress(raw: bytes, cap: int) -> bytes:
-        try:
-            out = state["d"].decompress(raw, cap + 1)
-        except zlib.error as e:
-            if state["started"] or state["raw_deflate_tried"]:
-                raise _corrupt(e) from None
-            # "deflate" as some clients send it: raw, with no zlib header.
-            state["d"], state["raw_deflate_tried"] = zlib.decompressobj(-zlib.MAX_WBITS), True
-            return decompress(raw, cap)
-        state["started"] = True
-        if len(out) > cap:
-            raise _bomb()
-        return out
+    def decompress(raw: bytes) -> Iterator[bytes]:
+        data = raw
+        while True:
+            try:
+                out = state["d"].decompress(data, WINDOW)
+            except zlib.error as e:
+                if state["started"] or state["raw_deflate_tried"]:
+                    raise _corrupt(e) from None
+                # "deflate" as some clients send it: raw, with no zlib header.
+                state["d"], state["raw_deflate_tried"] = zlib.decompressobj(-zlib.MAX_WBITS), True
+                continue
+            state["started"] = True
+            data = state["d"].unconsumed_tail
+            if out:
+                yield out
+            if not data and len(out) < WINDOW:  # (a full piece may leave output pending)
+                return
 
-    def flush() -> bytes:
+    def finish() -> None:
         if not state["d"].eof:
             raise _truncated()
-        return b""
 
-    return _Decoder(decompress, flush)
+    return _Decoder(decompress, finish)
 
 
 def _stepped_decoder(d, error: type[Exception], finished: Callable, method: str, step: int) -> _Decoder:
-    """brotli and zstd have no output limit: feed small steps and check the size as it grows."""
-    def decompress(raw: bytes, cap: int) -> bytes:
-        out = bytearray()
-        try:
-            for i in range(0, len(raw), step):
-                out += getattr(d, method)(raw[i:i + step])
-                if len(out) > cap:
-                    raise _bomb()
-        except error as e:
-            raise _corrupt(e) from None
-        return bytes(out)
+    """brotli and zstd have no output limit: feed small steps, yield what each gives."""
+    def decompress(raw: bytes) -> Iterator[bytes]:
+        for i in range(0, len(raw), step):
+            try:
+                out = getattr(d, method)(raw[i:i + step])
+            except error as e:
+                raise _corrupt(e) from None
+            if out:
+                yield out
 
-    def flush() -> bytes:
+    def finish() -> None:
         if not finished(d):
             raise _truncated()
-        return b""
 
-    return _Decoder(decompress, flush)
+    return _Decoder(decompress, finish)
