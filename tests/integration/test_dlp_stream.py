@@ -223,6 +223,47 @@ def test_a_small_chunked_clean_body_goes_through(env, proxy):
     assert got.body == b'{"hello": "world"}'
 
 
+def test_curl_uploads_a_large_file_with_expect_100_continue(env, proxy, tmp_path):
+    env.tls.clear()
+    upload = tmp_path / "export.csv"
+    upload.write_bytes(filler(2_500_000, seed=11))
+    r = curl(upstream_url(env.tls.port), proxy=proxy.url, cacert=proxy.root_ca,
+             args=("--data-binary", f"@{upload}", "-H", "Content-Type: text/csv"))
+    assert r.status == 200
+    assert "Expect: 100-continue" in r.stderr  # curl asked first, as it does for large bodies
+    (got,) = env.tls.requests
+    assert got.body == upload.read_bytes()
+
+
+def test_an_http2_body_of_unknown_length_is_streamed(env, proxy):
+    """HTTP/2 without content-length: no length to go by, so it is scanned as a stream; a GET
+    on the same connection is untouched."""
+    env.h2.clear()
+    body = filler(300_000, seed=12)
+    secret_body = filler(100_000, seed=13) + b" " + AWS.encode() + b" "
+
+    def pieces(data):
+        for i in range(0, len(data), 50_000):
+            yield data[i:i + 50_000]
+
+    mark = proxy.mark()
+    with client(proxy, http2=True) as c:
+        r = c.post(upstream_url(env.h2.port), content=pieces(body))
+        assert r.http_version == "HTTP/2" and r.status_code == 200
+        assert c.get(upstream_url(env.h2.port, "/plain-get")).status_code == 200
+    post, get = env.h2.requests
+    assert post.body == body and post.header("content-length") is None and get.body == b""
+    assert dlp_events(proxy, mark) == []
+    with client(proxy, http2=True) as c:
+        try:
+            status = c.post(upstream_url(env.h2.port), content=pieces(secret_body)).status_code
+        except httpx.TransportError:
+            status = None
+    assert status in (502, None)
+    assert len(env.h2.requests) == 2
+    assert_never_sent(env, proxy, env.h2, AWS)
+
+
 def test_reported_findings_in_a_stream_are_audited_at_its_end(env, proxy):
     env.tls.clear()
     body = filler(200_000) + b" jane.doe@example.org " + filler(200_000, seed=9)

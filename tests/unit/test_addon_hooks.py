@@ -138,3 +138,40 @@ def test_a_websocket_scan_that_times_out_drops_the_message(monkeypatch):
     event = addon.audit.events[-1]
     assert event["event"]["action"] == "message-blocked"
     assert event["tollgate"]["dlp"]["uninspectable"] == "scan_timeout"
+
+
+def streaming_addon(flow) -> Tollgate:
+    """approved_addon, with dlp.large_bodies: stream and a 1 KiB max_body_bytes."""
+    import dataclasses
+
+    addon = approved_addon(flow)
+    policy = addon.runtime.policy
+    dlp = dataclasses.replace(policy.dlp, large_bodies="stream", max_body_bytes=1024, stream_max_bytes=10_000_000)
+    policy = dataclasses.replace(policy, dlp=dlp)
+    addon.runtime = Runtime(policy, Engine.for_policy(dlp), None, Path("unused.pem"))
+    addon.conns[flow.client_conn].runtime = addon.runtime
+    return addon
+
+
+def test_stream_mode_installs_a_guard_only_for_bodies_over_the_limit():
+    from tollgate.mitm.streaming import StreamGuard
+
+    for length, streamed in ((1000, False), (5000, True)):
+        flow = tflow.tflow(req=tutils.treq(method=b"POST", content=b"x" * length))
+        flow.request.headers["content-length"] = str(length)
+        addon = streaming_addon(flow)
+        with taddons.context(addon):
+            asyncio.run(addon.requestheaders(flow))
+        assert flow.response is None
+        assert isinstance(flow.request.stream, StreamGuard) is streamed, length
+
+
+def test_an_http2_body_of_unknown_length_to_an_upstream_not_known_to_speak_http2_is_refused():
+    flow = h2_post()
+    flow.server_conn.state = 0  # not connected: the upstream's protocol is unknown
+    addon = streaming_addon(flow)
+    with taddons.context(addon):
+        asyncio.run(addon.requestheaders(flow))
+    assert flow.response.status_code == 403 and not flow.request.stream
+    (event,) = [e for e in addon.audit.events if e["event"]["action"] == "request-uninspectable"]
+    assert event["tollgate"]["dlp"]["uninspectable"] == "unframed_stream"

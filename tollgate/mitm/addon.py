@@ -541,11 +541,8 @@ class Tollgate:
             # mitmproxy 11.0.2 forwards such an HTTP/2 body to an HTTP/1.1 upstream with neither
             # header: the upstream reads an empty body and the bytes desync the connection.
             headers["content-length"] = str(len(flow.request.raw_content))
-        guard = flow.request.stream
-        if isinstance(guard, StreamGuard):
-            if not guard.used and guard.added_chunked:
-                del headers["transfer-encoding"]  # no body after all: the request goes out as it came
-            self._finish_stream(flow, guard)
+        if isinstance(flow.request.stream, StreamGuard):
+            self._finish_stream(flow, flow.request.stream)
             return
         await self._inspect(flow)
 
@@ -612,6 +609,16 @@ class Tollgate:
         self._apply_outcome(flow, approval, outcome, block_uninspectable, report_only, keep_body=True)
         if flow.response:
             return
+        if flow.request.is_http2 and "content-length" not in flow.request.headers and not (
+                flow.server_conn.connected and flow.server_conn.alpn == b"h2"):
+            # mitmproxy 11.0.2 would stream an HTTP/2 body of unknown length to an HTTP/1.1
+            # upstream with no framing at all. The tunnel mirrors the upstream's protocol, so
+            # this is only an upstream reconnected in between: refused, never desynchronised.
+            self._apply_outcome(flow, approval, Outcome(
+                "uninspectable", uninspectable="unframed_stream",
+                message="an HTTP/2 body without content-length to an upstream not known to speak HTTP/2"),
+                True, False)
+            return
         scanner = StreamScanner(runtime.engine, runtime.policy.dlp, self.hmac_key, approval.host,
                                 approval.decision.rule, flow.request.headers.get("content-encoding", ""),
                                 flow.request.headers.get("content-type", ""), runtime.evidence_key, report_only)
@@ -626,12 +633,6 @@ class Tollgate:
             scanner,
             on_stop=lambda stopped: self._stream_stopped(flow, approval, stopped, block_uninspectable, report_only),
             on_error=lambda: self._stream_failed(flow, approval))
-        headers = flow.request.headers
-        if "content-length" not in headers and "transfer-encoding" not in headers and flow.server_conn.alpn != b"h2":
-            # An HTTP/2 body of unknown length to an HTTP/1.1 upstream: mitmproxy 11.0.2 would send
-            # it with no framing at all. (Taken out again if there is no body.)
-            headers["transfer-encoding"] = "chunked"
-            guard.added_chunked = True
         flow.request.stream = guard
 
     def _stream_stopped(self, flow: http.HTTPFlow, approval: Approval, outcome: Outcome, block_uninspectable: bool,

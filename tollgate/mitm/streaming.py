@@ -26,7 +26,6 @@ class StreamGuard:
     def __init__(self, scanner: StreamScanner, on_stop: Callable[[Outcome], bool], on_error: Callable[[], None]):
         self.scanner, self._on_stop, self._on_error = scanner, on_stop, on_error
         self.used = False  # False: the request had no body and was never streamed
-        self.added_chunked = False  # Transfer-Encoding: chunked added for an HTTP/1.1 upstream
         self.failed = False
         self._stop_handled = False
 
