@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import random
 import ssl
 import time
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tests.support.clients import curl
+from tests.support.corpus import filler
 from tests.support.proxy import tollgate_run
 from tests.support.secrets import POSITIVE
 
@@ -41,19 +41,6 @@ upstream:
   extra_ca_files: [{ca}]
 """
 
-WORDS = "order item quantity price total shipped status created updated customer region note".split()
-
-
-def filler(n: int, seed: int = 7) -> bytes:
-    rnd = random.Random(seed)
-    words = []
-    size = 0
-    while size < n:
-        words.append(rnd.choice(WORDS) + str(rnd.randint(0, 99999)))
-        size += len(words[-1]) + 1
-    return " ".join(words).encode()[:n]
-
-
 @pytest.fixture(scope="module")
 def proxy(env, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dlp-stream")
@@ -67,6 +54,17 @@ def proxy(env, tmp_path_factory):
 def client(proxy, http2: bool = False) -> httpx.Client:
     ctx = ssl.create_default_context(cafile=str(proxy.root_ca))
     return httpx.Client(proxy=proxy.url, verify=ctx, timeout=30, http2=http2)
+
+
+def post_cut(proxy, url: str, http2: bool = False, **kwargs) -> None:
+    """A POST whose stream the proxy cuts: the client gets mitmproxy's 502, or, when it is
+    still sending, a closed connection."""
+    with client(proxy, http2) as c:
+        try:
+            status = c.post(url, **kwargs).status_code
+        except httpx.TransportError:
+            status = None
+    assert status in (502, None), status
 
 
 def upstream_url(port: int, path: str = "/upload") -> str:
@@ -109,13 +107,7 @@ def test_a_secret_deep_in_a_large_body_never_leaves(env, proxy, http2):
     at = 2_000_000
     body = filler(at) + f" aws_access_key_id={AWS} ".encode() + filler(1_000_000, seed=8)
     mark = proxy.mark()
-    with client(proxy, http2) as c:
-        try:
-            r = c.post(upstream_url(upstream.port), content=body, headers={"Content-Type": "text/plain"})
-            status = r.status_code
-        except httpx.TransportError:  # the proxy closed the connection while the client was sending
-            status = None
-    assert status in (502, None), status
+    post_cut(proxy, upstream_url(upstream.port), http2, content=body, headers={"Content-Type": "text/plain"})
     assert upstream.requests == [], "the upstream got a complete request"
     assert_never_sent(env, proxy, upstream, AWS)
     (event,) = dlp_events(proxy, mark)
@@ -144,13 +136,7 @@ def test_a_secret_split_across_two_sends_never_leaves(env, proxy):
         yield body[cut:]
 
     mark = proxy.mark()
-    with client(proxy) as c:
-        try:
-            status = c.post(upstream_url(env.tls.port), content=slowly(),
-                            headers={"Content-Length": str(len(body))}).status_code
-        except httpx.TransportError:
-            status = None
-    assert status in (502, None)
+    post_cut(proxy, upstream_url(env.tls.port), content=slowly(), headers={"Content-Length": str(len(body))})
     assert env.tls.requests == []
     assert_never_sent(env, proxy, env.tls, AWS)
     (event,) = dlp_events(proxy, mark)
@@ -164,13 +150,8 @@ def test_a_gzip_body_is_scanned_decoded_as_it_passes(env, proxy):
     wire = gzip.compress(plain)
     assert len(wire) > LIMIT
     mark = proxy.mark()
-    with client(proxy) as c:
-        try:
-            status = c.post(upstream_url(env.tls.port), content=wire,
-                            headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}).status_code
-        except httpx.TransportError:
-            status = None
-    assert status in (502, None)
+    post_cut(proxy, upstream_url(env.tls.port), content=wire,
+             headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
     assert env.tls.requests == []
     (event,) = dlp_events(proxy, mark)
     assert event["event"]["action"] == "request-blocked"
@@ -182,12 +163,7 @@ def test_a_stream_that_stops_decoding_is_cut_and_audited_once(env, proxy, case):
     wire = gzip.compress(filler(1_000_000))[:-20] if case == "truncated" else gzip.compress(b"\0" * 200_000_000)
     assert len(wire) > LIMIT
     mark = proxy.mark()
-    with client(proxy) as c:
-        try:
-            status = c.post(upstream_url(env.tls.port), content=wire, headers={"Content-Encoding": "gzip"}).status_code
-        except httpx.TransportError:
-            status = None
-    assert status in (502, None)
+    post_cut(proxy, upstream_url(env.tls.port), content=wire, headers={"Content-Encoding": "gzip"})
     assert env.tls.requests == []
     (event,) = dlp_events(proxy, mark)
     assert event["event"]["action"] == "request-uninspectable"
@@ -254,12 +230,7 @@ def test_an_http2_body_of_unknown_length_is_streamed(env, proxy):
     post, get = env.h2.requests
     assert post.body == body and post.header("content-length") is None and get.body == b""
     assert dlp_events(proxy, mark) == []
-    with client(proxy, http2=True) as c:
-        try:
-            status = c.post(upstream_url(env.h2.port), content=pieces(secret_body)).status_code
-        except httpx.TransportError:
-            status = None
-    assert status in (502, None)
+    post_cut(proxy, upstream_url(env.h2.port), http2=True, content=pieces(secret_body))
     assert len(env.h2.requests) == 2
     assert_never_sent(env, proxy, env.h2, AWS)
 

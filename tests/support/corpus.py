@@ -89,3 +89,15 @@ def generate(count: int, seed: int = 7, sizes: tuple[int, ...] = (300, 1024, 409
         else:
             body, ctype = multipart_body(rng, size)
             yield ctype, body
+
+
+def filler(n: int, seed: int = 1) -> bytes:
+    """`n` bytes of clean text (words, some `=number`): the bulk of a large body."""
+    rnd = random.Random(seed)
+    out = []
+    size = 0
+    while size < n:
+        w = rnd.choice(WORDS) + ("=" + str(rnd.randint(1, 999)) if rnd.random() < 0.3 else "")
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out).encode()[:n]

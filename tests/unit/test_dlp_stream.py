@@ -8,13 +8,13 @@ are refused. Assertions compare offsets and lengths, never print the test secret
 from __future__ import annotations
 
 import gzip
-import random
 import zlib
 
 import brotli
 import pytest
 import zstandard
 
+from tests.support.corpus import filler
 from tests.support.secrets import POSITIVE
 from tollgate.dlp.content import Uninspectable
 from tollgate.dlp.engine import Engine
@@ -34,19 +34,6 @@ dlp:
 """)
 ENGINE = Engine.for_policy(POLICY.dlp)
 KEY = b"k" * 32
-WORDS = "order item quantity price total shipped status created updated customer region note".split()
-
-
-def filler(n: int, seed: int = 1) -> bytes:
-    rnd = random.Random(seed)
-    out = []
-    size = 0
-    while size < n:
-        w = rnd.choice(WORDS) + ("=" + str(rnd.randint(1, 999)) if rnd.random() < 0.3 else "")
-        out.append(w)
-        size += len(w) + 1
-    return " ".join(out).encode()[:n]
-
 
 def scanner(encoding: str = "", report_only: bool = False, policy=POLICY) -> StreamScanner:
     return StreamScanner(ENGINE, policy.dlp, KEY, "partner.example", policy.destinations[0], encoding,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import gzip
 
 from tests.support.secrets import POSITIVE
-from tests.unit.test_dlp_stream import ENGINE, KEY, POLICY, filler
+from tests.support.corpus import filler
+from tests.unit.test_dlp_stream import ENGINE, KEY, POLICY
 from tollgate.dlp.stream import StreamScanner
 from tollgate.mitm.streaming import StreamGuard
 

@@ -597,14 +597,7 @@ class Tollgate:
         runtime = self._runtime(flow)
         report_only = runtime.policy.report_only(approval.decision.rule)
         head = dataclasses.replace(self._facts(flow, approval), body=b"", content_encoding="")
-        try:
-            if request_clean_at_a_glance(runtime.engine, runtime.policy.dlp, head):
-                outcome = Outcome("allow")
-            else:
-                outcome = await in_thread(inspect_request, runtime.engine, runtime.policy.dlp, self.hmac_key, head,
-                                          runtime.evidence_key, report_only)
-        except asyncio.TimeoutError:
-            outcome = scan_timed_out()
+        outcome = await self._inspect_facts(runtime, head, report_only)
         block_uninspectable = runtime.policy.dlp.uninspectable == "block"
         self._apply_outcome(flow, approval, outcome, block_uninspectable, report_only, keep_body=True)
         if flow.response:
@@ -679,18 +672,20 @@ class Tollgate:
             raise RuntimeError("DLP without an approved destination")
         runtime = self._runtime(flow)
         report_only = runtime.policy.report_only(approval.decision.rule)
-        facts = self._facts(flow, approval)
         started = time.monotonic()
-        try:
-            if len(facts.body) <= GLANCE_BYTES and request_clean_at_a_glance(runtime.engine, runtime.policy.dlp, facts):
-                outcome = Outcome("allow")
-            else:
-                outcome = await in_thread(inspect_request, runtime.engine, runtime.policy.dlp, self.hmac_key, facts,
-                                          runtime.evidence_key, report_only)
-        except asyncio.TimeoutError:
-            outcome = scan_timed_out()
+        outcome = await self._inspect_facts(runtime, self._facts(flow, approval), report_only)
         self.metrics.scan_seconds.observe(time.monotonic() - started)
         self._apply_outcome(flow, approval, outcome, runtime.policy.dlp.uninspectable == "block", report_only)
+
+    async def _inspect_facts(self, runtime: Runtime, facts: RequestFacts, report_only: bool) -> Outcome:
+        """The glance on the event loop where it is enough, else a full inspection in a thread."""
+        try:
+            if len(facts.body) <= GLANCE_BYTES and request_clean_at_a_glance(runtime.engine, runtime.policy.dlp, facts):
+                return Outcome("allow")
+            return await in_thread(inspect_request, runtime.engine, runtime.policy.dlp, self.hmac_key, facts,
+                                   runtime.evidence_key, report_only)
+        except asyncio.TimeoutError:
+            return scan_timed_out()
 
     @staticmethod
     def _facts(flow: http.HTTPFlow, approval: Approval) -> RequestFacts:
