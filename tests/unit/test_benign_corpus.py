@@ -25,3 +25,21 @@ def test_benign_corpus_produces_no_block():
         detectors.update(f["detector"] for f in outcome.findings)
     assert actions["block"] == 0 and actions["redact"] == 0 and actions["uninspectable"] == 0, (actions, detectors)
     assert actions["allow"] == 3000
+
+
+def test_benign_corpus_streamed_produces_no_block():
+    """The same bodies through the stream scan (dlp.large_bodies: stream), which sees text,
+    not structure: in two pieces cut mid-body, none may be stopped."""
+    from tollgate.dlp.stream import StreamScanner
+
+    engine = Engine.for_policy(POLICY.dlp)
+    actions: Counter = Counter()
+    detectors: Counter = Counter()
+    for content_type, body in generate(3000):
+        scanner = StreamScanner(engine, POLICY.dlp, b"k" * 32, "partner.example", None, "", content_type)
+        out = scanner.feed(body[:len(body) // 2]) + scanner.feed(body[len(body) // 2:]) + scanner.finish()
+        outcome = scanner.outcome()
+        actions[outcome.action] += 1
+        detectors.update(f["detector"] for f in outcome.findings)
+        assert b"".join(out) == body or outcome.action != "allow"
+    assert actions["allow"] == 3000, (actions, detectors)

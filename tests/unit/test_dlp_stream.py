@@ -8,6 +8,7 @@ are refused. Assertions compare offsets and lengths, never print the test secret
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 
 import brotli
@@ -35,8 +36,8 @@ dlp:
 ENGINE = Engine.for_policy(POLICY.dlp)
 KEY = b"k" * 32
 
-def scanner(encoding: str = "", report_only: bool = False, policy=POLICY) -> StreamScanner:
-    return StreamScanner(ENGINE, policy.dlp, KEY, "partner.example", policy.destinations[0], encoding,
+def scanner(encoding: str = "", report_only: bool = False, policy=POLICY, content_type: str = "") -> StreamScanner:
+    return StreamScanner(ENGINE, policy.dlp, KEY, "partner.example", policy.destinations[0], encoding, content_type,
                          report_only=report_only)
 
 
@@ -241,3 +242,25 @@ def test_charsets_a_stream_can_be_scanned_in(content_type, ok):
     else:  # stopped before any byte moves
         assert s.stopped is not None and s.stopped.uninspectable == "undecodable_text"
         assert s.feed(b"abc") == []
+
+
+def test_a_streamed_form_is_scanned_with_plus_as_a_space():
+    """`+` in a form is a space: `[1,+4372328177349]` is not an Austrian phone number."""
+    s = scanner(content_type="application/x-www-form-urlencoded")
+    data = filler(80_000) + b"&tags=%5B%27review%27%2C+4372328177349%5D&" + filler(1_000)
+    assert run(s, data, [40_000]) == data and s.outcome().action == "allow"
+    s = scanner(content_type="application/x-www-form-urlencoded")
+    run(s, filler(80_000) + b"&phone=%2B44+20+7946+0958&" + POSITIVE["aws_access_key_id"][1].encode(), [])
+    assert s.stopped is not None and s.stopped.action == "block"
+
+
+@pytest.mark.parametrize("label", ["aws_access_key_id", "slack_webhook"])
+def test_a_streamed_json_body_is_scanned_with_its_escapes_undone(label):
+    escaped = json.dumps(POSITIVE[label][1]).replace("/", "\\/")  # as PHP writes every slash
+    if label == "aws_access_key_id":
+        escaped = '"\\u0041' + escaped[2:]  # the first letter as a \\u escape
+    data = filler(80_000) + b' {"k": ' + escaped.encode() + b"} "
+    s = scanner(content_type="application/json")
+    run(s, data, [40_000])
+    assert s.stopped is not None and s.stopped.action == "block"
+    assert POSITIVE[label][0] in list(s.stopped.decision.detectors)

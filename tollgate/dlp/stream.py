@@ -14,8 +14,10 @@ already gone).
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Callable, Iterator
+from urllib.parse import unquote_plus
 
 import brotli
 import zstandard
@@ -48,6 +50,8 @@ class StreamScanner:
             self._charset, self._decoder = "utf-8", None
             self._stop_uninspectable(e)
         self._identity = self._decoder is None
+        self._media = (content_type or "").split(";")[0].strip().lower()
+        self._json = self._media.endswith("json") or self._media == "application/x-ndjson"
         self._held: list[tuple[bytes, int]] = []  # raw chunks not yet forwarded, with the decoded end of each
         self._held_bytes = 0
         self._tail = b""  # the last OVERLAP decoded bytes: scanned again with what follows
@@ -157,12 +161,21 @@ class StreamScanner:
             if self.stopped:
                 return
 
+    def _view(self, data: bytes) -> str:
+        """The text a window is scanned as: as a whole-body inspection's fast path sees it."""
+        text = data.decode(self._charset, "replace")
+        if self._media == "application/x-www-form-urlencoded":
+            return unquote_plus(text)  # "+" is a space here, not the start of a phone number
+        if self._json and "\\" in text:
+            return json_unescaped(text)  # a key written as \u0041KIA... or https:\/\/...
+        return text
+
     def _scan_window(self, window: bytes, seen_before: int) -> None:
         deferred, self._deferred = self._deferred, []
-        text = window.decode(self._charset, "replace")
+        text = self._view(window)
         if clean_at_a_glance(self._engine, text):
             return
-        seen_chars = len(window[:seen_before].decode(self._charset, "replace"))
+        seen_chars = len(self._view(window[:seen_before]))
         again = {(f.detector, f.value) for f in deferred}
         new: list[Finding] = []
         for f in scan_slots(self._engine, [Slot("body", text)]):
@@ -204,6 +217,21 @@ class StreamScanner:
         reason = e.reason if isinstance(e, Uninspectable) else "scan_incomplete"
         self.stopped = Outcome("uninspectable", uninspectable=reason, message=str(e))
         return []
+
+
+_JSON_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|(.))", re.DOTALL)
+_JSON_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def json_unescaped(text: str) -> str:
+    """JSON string escapes undone wherever they are (a window need not start at a string)."""
+    def one(m: re.Match) -> str:
+        if m.group(1):
+            code = int(m.group(1), 16)
+            return "\ufffd" if 0xD800 <= code <= 0xDFFF else chr(code)
+        return _JSON_SIMPLE.get(m.group(2), m.group(2))
+
+    return _JSON_ESCAPE.sub(one, text)
 
 
 def _ascii_compatible(charset: str) -> str:
