@@ -264,3 +264,11 @@ def test_a_streamed_json_body_is_scanned_with_its_escapes_undone(label):
     run(s, data, [40_000])
     assert s.stopped is not None and s.stopped.action == "block"
     assert POSITIVE[label][0] in list(s.stopped.decision.detectors)
+
+
+def test_data_after_the_end_stops_the_stream():
+    """An empty HTTP/2 DATA frame reaches the scanner as "the end": what follows is refused."""
+    s = scanner()
+    s.feed(filler(20_000))
+    s.finish()
+    assert s.feed(b"more") == [] and s.stopped.uninspectable == "data_after_end"

@@ -43,6 +43,7 @@ class StreamScanner:
         self._host, self._destination, self._report_only = host, destination, report_only
         self.stopped: Outcome | None = None  # block or uninspectable: nothing more goes out
         self._passing = False  # see pass_rest
+        self._finished = False
         try:  # a body that cannot be scanned at all is stopped before any byte moves
             self._charset = _ascii_compatible(declared_charset(content_type))
             self._decoder = streaming_decoder(content_encoding)
@@ -73,6 +74,12 @@ class StreamScanner:
         if self.stopped:
             return []
         self.received += len(raw)
+        if self._finished:
+            # mitmproxy calls the end of a body and an empty HTTP/2 DATA frame alike: data after
+            # "the end" means the held-back overlap went out early. Cut rather than go on.
+            self._held.append((raw, self.decoded))
+            self._held_bytes += len(raw)
+            return self._stop_uninspectable(Uninspectable("data_after_end", "more body after an empty data frame"))
         self._held.append((raw, self.decoded))  # its decoded end is set once it is decoded
         self._held_bytes += len(raw)
         try:
@@ -98,6 +105,7 @@ class StreamScanner:
         """End of the body: scan what the decoder still holds; the rest goes out if clean."""
         if self.stopped or self._passing:
             return []
+        self._finished = True
         try:
             if not self._identity:
                 self._decoder.finish()
