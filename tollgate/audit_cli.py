@@ -141,15 +141,18 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
+    # Where following starts is taken first: an event written while the last ones are read
+    # may show twice, never not at all.
+    positions = {path: path.stat().st_size for path in _live_files(args.log)} if args.follow else {}
     events = review.events(args.log)
     _print_table(events[-args.lines:] if args.lines else [])
+    sys.stdout.flush()  # the header and the last events before the wait, also into a pipe
     if not args.follow:
         return 0
-    # A directory's streams are looked for again on each round: a worker may start later.
-    positions = {path: path.stat().st_size for path in _live_files(args.log)}
     try:
         while True:
             time.sleep(0.5)
+            # A directory's streams are looked for again on each round: a worker may start later.
             for path in _live_files(args.log):
                 for e in _new_events(path, positions):
                     print("  ".join(review.flat_row(e)[review.CSV_COLUMNS.index(c)] for c in _TABLE), flush=True)

@@ -10,6 +10,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import threading
 
 import httpx
 import pytest
@@ -197,6 +198,16 @@ def test_html_report_in_a_real_browser(log, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not a blank
 
 
+def line_within(proc: subprocess.Popen, seconds: float = 20) -> str:
+    """The next line of a process's output, or a failure (not a hang) if none comes."""
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    assert box, f"no line within {seconds} s"
+    return box[0]
+
+
 def test_tail_follow_shows_new_events(tmp_path):
     path = tmp_path / "audit.jsonl"
     writer = AuditWriter(path)
@@ -204,9 +215,9 @@ def test_tail_follow_shows_new_events(tmp_path):
     follower = subprocess.Popen([str(BIN / "tollgate"), "audit", "tail", "--log", str(path), "-n", "1", "--follow"],
                                 stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        assert "first-event" in follower.stdout.readline() + follower.stdout.readline()
+        assert "first-event" in line_within(follower) + line_within(follower)
         writer.write({"event": {"action": "live-event"}, "tollgate": {"client": "ops"}})
-        line = follower.stdout.readline()  # arrives within the 0.5 s poll
+        line = line_within(follower)  # arrives within the 0.5 s poll
         assert "live-event" in line and "ops" in line
     finally:
         follower.terminate()
@@ -257,12 +268,12 @@ def test_tail_follow_over_a_directory_sees_every_worker(tmp_path):
     follower = subprocess.Popen([str(BIN / "tollgate"), "audit", "tail", "--log", str(tmp_path), "-n", "0", "--follow"],
                                 stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        assert "event.action" in follower.stdout.readline()  # the header: -n 0 shows no old events
+        assert "event.action" in line_within(follower)  # the header: -n 0 shows no old events
         for i in (1, 0):
             writer = AuditWriter(tmp_path / f"worker-{i}" / "audit.jsonl")
             writer.write({"event": {"action": f"live-from-{i}"}})
             writer.close()
-            assert f"live-from-{i}" in follower.stdout.readline()
+            assert f"live-from-{i}" in line_within(follower)
     finally:
         follower.terminate()
         follower.wait(10)
