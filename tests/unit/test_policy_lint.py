@@ -109,3 +109,9 @@ def test_invalid_policy_is_exit_2_with_file_line(capsys):
 
 def test_the_example_policy_is_lint_clean(capsys):
     assert main(["policy", "check", str(REPO / "policies" / "example.yaml"), "--today", "2026-11-23"]) == 0
+
+
+def test_stream_mode_with_a_redacting_detector_warns():
+    assert rules("stream_redact.yaml") == [("warning", "stream-redact", 1)]
+    (finding,) = lint(load_policy(LINT / "stream_redact.yaml"), TODAY)
+    assert "payment_card" in finding.message and "blocks" in finding.message

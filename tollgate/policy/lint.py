@@ -69,7 +69,23 @@ def lint(policy: Policy, today: datetime.date | None = None) -> list[LintFinding
             if c.name not in referenced:
                 out.append(LintFinding("warning", "unused-client", c.line, f"client {c.name!r} is never referenced"))
     out.extend(_shadowed(policy.destinations))
+    out.extend(_stream_redactions(policy))
     return sorted(out, key=lambda f: (f.line, f.rule))
+
+
+def _stream_redactions(policy: Policy) -> list[LintFinding]:
+    """With large_bodies: stream, a body over max_body_bytes cannot be redacted, only blocked."""
+    dlp = policy.dlp
+    if dlp.large_bodies != "stream":
+        return []
+    redacting = sorted({k for k, s in dlp.detectors.items() if s.action == "redact"} |
+                       {c.id for c in dlp.custom if c.action == "redact"} |
+                       ({"default_action"} if dlp.default_action == "redact" else set()))
+    if not redacting:
+        return []
+    return [LintFinding("warning", "stream-redact", 1,
+                        f"dlp.large_bodies: stream: in a body over max_body_bytes ({dlp.max_body_bytes} bytes) "
+                        f"{', '.join(redacting)} cannot be redacted and blocks the request instead")]
 
 
 def _cidr(net, line: int, what: str) -> list[LintFinding]:
