@@ -42,6 +42,7 @@ from tollgate.gates.request import check_authorities, check_header_size, check_s
 from tollgate.metrics import Metrics
 from tollgate.mitm import logfilter
 from tollgate.mitm.hardening import review_options
+from tollgate.mitm.memory import fix_mmap_threshold
 from tollgate.mitm.responses import error_response
 from tollgate.mitm.streaming import StreamGuard, cut_upstream
 from tollgate.mitm.runtime import (ReloadError, Runtime, build_runtime, check_replaceable, cover_policy,
@@ -176,6 +177,7 @@ class Tollgate:
     # --- lifecycle --------------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
+        fix_mmap_threshold()  # RSS flat under sustained load (see tollgate/mitm/memory.py)
         loader.add_option("tollgate_policy", str, "", "Tollgate policy file, e.g. policies/example.yaml")
         loader.add_option("tollgate_audit_path", str, "",
                           "Audit log file; default: the policy's audit.path, e.g. var/audit/audit.jsonl")
