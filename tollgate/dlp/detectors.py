@@ -104,7 +104,8 @@ BUILTIN: tuple[Detector, ...] = (
              keywords=("key", "secret", "token", "passw", "pwd", "credential"), validate=v.generic_secret),
     # Personal data.
     # Not inside a longer token: digit runs in hashes, tracking numbers or ids are not cards.
-    Detector("payment_card", _re(r"(?<![\w-])(?:\d[ -]?){11,18}\d(?![\w-])"), validate=v.card_number, secret=False,
+    # At least 14 digits: no brand the validator knows has fewer (12- and 13-digit ids abound).
+    Detector("payment_card", _re(r"(?<![\w-])(?:\d[ -]?){13,18}\d(?![\w-])"), validate=v.card_number, secret=False,
              keywords=(DIGITS,), max_length=37),
     Detector("iban", _re(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), validate=v.iban, secret=False,
              keywords=(DIGITS,), max_length=43),

@@ -47,8 +47,8 @@ class Engine:
         self.prefilter = prefilter  # off only in the benchmark and tests, to prove it changes no finding
         keywords = tuple(sorted({k for d in detectors for k in d.keywords}))
         locatable = frozenset(d.id for d in detectors if d.max_length)
-        self._multi = prefilters.build(tuple((d.id, d.pattern.pattern, bool(d.pattern.flags & regex.IGNORECASE))
-                                             for d in detectors), keywords, DIGITS, _DIGIT_RUN_ASCII, locatable) \
+        self._multi = prefilters.build(tuple((d.id, d.pattern.pattern, bool(d.pattern.flags & regex.IGNORECASE),
+                                              d.context) for d in detectors), keywords, DIGITS, _DIGIT_RUN_ASCII, locatable) \
             if prefilter else None
 
     @classmethod
@@ -98,7 +98,7 @@ class Engine:
         value = m.group(group)
         start, end = m.span(group)
         if detector.context:
-            window = view.text[max(0, start - 64):start].lower()
+            window = view.text[max(0, start - prefilters.CONTEXT_REACH):start].lower()
             if not any(word in window for word in detector.context):
                 return []
         if detector.validate and not detector.validate(value):

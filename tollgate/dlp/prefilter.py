@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import Iterable
@@ -36,14 +37,19 @@ _PY_ONLY_SPACE = r"\x1c-\x1f"  # in Python's \s, not in PCRE's
 _MAX_REPEAT = 32
 
 
-def loosen(source: str, ascii_text: bool = False) -> str:
+def loosen(source: str, ascii_text: bool = False, lead: bool = True) -> str:
     """A pattern that matches at least wherever ``source`` matches (as a Unicode `regex`),
     written so that hyperscan compiles it fast without Unicode classes:
       - ``\\w``, ``\\d``, ``\\s`` (outside negated classes) also match any non-ASCII character,
         and ``\\s`` the \\x1c-\\x1f separators, as in Python;
         with ``ascii_text`` (the pattern only ever scans ASCII text) they keep their ASCII
         meaning instead, which hyperscan runs much faster;
-      - ``\\b`` and lookarounds are dropped (a dropped condition only widens);
+      - a negative lookbehind of one character class that opens the pattern becomes that
+        character consumed, or the start of the text (``(?<![\\w-])`` becomes
+        ``(?:^|[^\\w-])``), and a negative lookahead that closes it likewise: the number
+        detectors then stop firing on digits inside hashes and longer tokens. With ``lead``
+        false the opening one is dropped instead (when something comes before the pattern);
+      - other lookarounds and ``\\b`` are dropped (a dropped condition only widens);
       - repeats above 32 become open-ended.
     Raises ValueError on syntax it does not know; the detector then always runs."""
     out: list[str] = []
@@ -93,7 +99,13 @@ def loosen(source: str, ascii_text: bool = False) -> str:
                 i += 1
             continue
         if source.startswith(("(?=", "(?!", "(?<=", "(?<!"), i):
-            i = _skip_group(source, i)
+            end = _skip_group(source, i)
+            edge = "^" if i == 0 and lead and source.startswith("(?<!", i) else \
+                "$" if end == n and source.startswith("(?!", i) else None
+            single = edge and _single_class(source[source.index("!", i) + 1:end - 1])
+            if single:
+                out.append(loosen(f"(?:{edge}|[^{single}])", ascii_text))
+            i = end
             continue
         if ch == "{":
             close = source.find("}", i)
@@ -111,6 +123,32 @@ def loosen(source: str, ascii_text: bool = False) -> str:
     if in_class:
         raise ValueError("unterminated class")
     return "".join(out)
+
+
+def _with_context(source: str, context: tuple[str, ...]) -> str:
+    """The ASCII gate of a detector: its loosened pattern, preceded by one of its context
+    words (caseless) within reach when it has them. The value must start the match (as in
+    every built-in with context words), since the words are looked for before the value."""
+    lookbehind = _skip_group(source, 0) if source.startswith("(?<") else 0
+    value_opens = "(?P<v>" not in source or source.startswith("(?P<v>", lookbehind)
+    if not context or not value_opens or not all(w.isascii() and w for w in context):
+        return loosen(source, ascii_text=True)
+    words = "|".join("".join(f"\\x{b:02x}" for b in w.encode()) for w in context)
+    reach = CONTEXT_REACH - min(map(len, context))
+    # The word may end right where the value starts, so the boundary before the value goes.
+    return f"(?i:{words})[\\s\\S]{{0,{reach}}}(?:{loosen(source, ascii_text=True, lead=False)})"
+
+
+CONTEXT_REACH = 64  # characters before a value where the engine looks for a context word
+
+
+def _single_class(inner: str) -> str | None:
+    """The members of a lookaround's one-character condition (``[\\w-]`` or ``\\d``), when
+    that is all it holds; else None."""
+    if re.fullmatch(r"\\[dws]", inner):
+        return inner
+    match = re.fullmatch(r"\[((?:[^\]\[\\^]|\\.)(?:[^\]\[\\]|\\.)*)\]", inner)
+    return match.group(1) if match else None
 
 
 def _skip_group(source: str, i: int) -> int:
@@ -138,7 +176,7 @@ def _skip_group(source: str, i: int) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def build(patterns: tuple[tuple[str, str, bool], ...], keywords: tuple[str, ...] = (),
+def build(patterns: tuple[tuple, ...], keywords: tuple[str, ...] = (),
           digits_marker: str = "", digits_pattern: str = "", locatable: frozenset[str] = frozenset()) -> "Prefilter":
     """Compiling takes about a second: every engine with the same detectors shares one."""
     return Prefilter(patterns, keywords, digits_marker, digits_pattern, locatable)
@@ -151,10 +189,12 @@ class Hits:
 
 
 class Prefilter:
-    def __init__(self, patterns: Iterable[tuple[str, str, bool]], keywords: Iterable[str] = (),
+    def __init__(self, patterns: Iterable[tuple], keywords: Iterable[str] = (),
                  digits_marker: str = "", digits_pattern: str = "", locatable: frozenset[str] = frozenset()):
-        """``patterns``: (detector id, regex source, case-insensitive). Case-insensitive
-        patterns always run: Unicode case folding (the Kelvin sign is a k) is beyond ASCII mode.
+        """``patterns``: (detector id, regex source, case-insensitive[, context words]).
+        Case-insensitive patterns always run: Unicode case folding (the Kelvin sign is a k) is
+        beyond ASCII mode. Context words (one must occur in the 64 characters before the value)
+        join the pattern in the ASCII database: a number near "nhs", not any number.
 
         ``keywords``: the detectors' keywords, found in the same pass over ASCII text (ASCII
         caseless matching equals str.lower() there, and only there). ``digits_marker`` stands
@@ -168,19 +208,21 @@ class Prefilter:
         self._locators: dict[str, tuple] = {}
         patterns = list(patterns)
         if hyperscan is None:
-            self.always = {d for d, _, _ in patterns}
+            self.always = {d for d, *_ in patterns}
             return
         # Two databases of the same detectors: one for any UTF-8 text, and one for ASCII text
         # (most request bodies), where \d, \w and \s need not admit non-ASCII characters.
-        compiled: list[tuple[str, bytes, bytes]] = []
-        for detector, source, caseless in patterns:
+        # (detector, pattern for any text, gate for ASCII text, every match end in ASCII text)
+        compiled: list[tuple[str, bytes, bytes, bytes]] = []
+        for detector, source, caseless, *context in patterns:
             source = source.removeprefix("(?-f)")  # case folding is moot: caseless patterns always run
             try:
-                loose = None if caseless or "(?i" in source else (loosen(source), loosen(source, ascii_text=True))
+                loose = None if caseless or "(?i" in source else \
+                    (loosen(source), _with_context(source, context[0] if context else ()), loosen(source, ascii_text=True))
             except ValueError:
                 loose = None
-            if loose is not None and _compiles(loose[0], _FLAGS) and _compiles(loose[1], _ASCII_FLAGS):
-                compiled.append((detector, loose[0].encode(), loose[1].encode()))
+            if loose is not None and _compiles(loose[0], _FLAGS) and all(_compiles(p, _ASCII_FLAGS) for p in loose[1:]):
+                compiled.append((detector, *(p.encode() for p in loose)))
             else:
                 self.always.add(detector)
         keywords = list(keywords)
@@ -196,16 +238,16 @@ class Prefilter:
             self._keywords = [k for k, _, _ in keyword_expressions]
         if not compiled:
             return
-        self._ids = [d for d, _, _ in compiled]
-        self._db = _database([p for _, p, _ in compiled], [_FLAGS] * len(compiled))
-        self._ascii_db = _database([p for _, _, p in compiled] + [e for _, e, _ in keyword_expressions or []],
+        self._ids = [d for d, *_ in compiled]
+        self._db = _database([p for _, p, _, _ in compiled], [_FLAGS] * len(compiled))
+        self._ascii_db = _database([p for _, _, p, _ in compiled] + [e for _, e, _ in keyword_expressions or []],
                                    [_ASCII_FLAGS] * len(compiled) + [f for _, _, f in keyword_expressions or []])
         self._scratch = hyperscan.Scratch(self._db)
         self._ascii_scratch = hyperscan.Scratch(self._ascii_db)
         self._local = threading.local()  # scratch space is per thread; scans run in worker threads
         self._ascii_local = threading.local()
         self._keywords_known = keyword_expressions is not None
-        for detector, _, ascii_pattern in compiled:
+        for detector, _, _, ascii_pattern in compiled:
             if detector in locatable:  # every match end, not just "somewhere"
                 db = _database([ascii_pattern], [_ASCII_FLAGS & ~hyperscan.HS_FLAG_SINGLEMATCH])
                 self._locators[detector] = (db, hyperscan.Scratch(db), threading.local())
