@@ -310,13 +310,15 @@ def _multipart_slots(body: bytes, content_type: str) -> list[Slot]:
 # --- encoded layers ---------------------------------------------------------------------
 
 # Candidate finders. Each is linear in the text (a run is looked at from its start only), which
-# is why the stdlib `re` (several times faster than `regex` here) needs no timeout. Contiguous
-# hex is a base64-class run and is found through _b64_runs; _HEX_SEPARATED finds "aa:bb:cc..."
-# and "aa bb cc ...".
+# is why the stdlib `re` (several times faster than `regex` here) needs no timeout. Base64 of
+# text mixes upper and lower case: a run of one case (hex digests, UUIDs, plain words) is no
+# base64 candidate. Contiguous hex is a run of its own; _HEX_SEPARATED finds "aa:bb:cc..." and
+# "aa bb cc ...".
 _B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
 _B64_MASK = bytes(ord("a") if c in _B64_CHARS else ord(" ") for c in range(256))
 _B64_MIN_RUN = 12
-_HEX_TOKEN = re.compile(r"(?:[0-9a-fA-F]{2}){16,}")
+_HEX_MASK = bytes(ord("a") if c in b"0123456789abcdefABCDEF" else ord(" ") for c in range(256))
+_HEX_MIN_RUN = 32
 _HEX_SEPARATED = re.compile(r"(?<![0-9a-fA-F:])[0-9a-fA-F]{2}(?:[:\s][0-9a-fA-F]{2}){15,}")
 _HEX_TRIGGER = build_prefilter((("hex", _HEX_SEPARATED.pattern, False),))  # for non-ASCII text
 # Base64-class runs and the separated-hex trigger in one hyperscan pass.
@@ -339,16 +341,12 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
         found.append(Slot(slot.where, unquote(text), slot.layers + ("percent",)))
     if "&" in text and _ENTITY.search(text):
         found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
-    hex_runs: list[str] = []
-    b64_runs, hex_possible = _layer_candidates(text)
+    b64_runs, hex_runs, hex_possible = _layer_candidates(text)
     for token in b64_runs:
-        if len(token) >= 32:
-            hex_runs += [h.group() for h in _HEX_TOKEN.finditer(token)]
-        if token == token.lower() or token == token.upper():
-            continue  # base64 of text mixes cases; hex digests and plain words are not candidates
         decoded = _b64(token)
         if decoded:
             found.append(Slot(slot.where, decoded, slot.layers + ("base64",)))
+    hex_runs = [run[:len(run) - len(run) % 2] for run in hex_runs]  # whole bytes
     if hex_possible:
         hex_runs += [re.sub(r"[:\s]", "", m.group()) for m in _HEX_SEPARATED.finditer(text)]
     for run in hex_runs:
@@ -362,29 +360,32 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
     return found + deeper
 
 
-def _layer_candidates(text: str) -> tuple[list[str], bool]:
-    """(every base64-class run, whether separated hex may occur): one hyperscan pass (other
-    than ASCII text needs a second one for the hex trigger); without hyperscan, the slower
-    ways below."""
+def _layer_candidates(text: str) -> tuple[list[str], list[str], bool]:
+    """(the base64 candidates: runs of base64 characters at least _B64_MIN_RUN long that mix
+    upper and lower case, the runs of hex digits at least _HEX_MIN_RUN long, whether separated
+    hex may occur). The base64 runs and the trigger come from one hyperscan pass (other than
+    ASCII text needs a second one for the trigger); without hyperscan, the slower ways below."""
+    raw = text.encode("utf-8", "surrogatepass")  # non-ASCII becomes bytes >= 0x80: separators
+    hex_runs = _runs(raw, _HEX_MASK, _HEX_MIN_RUN)
     if not _RUNS_AND_HEX.active:
-        return _b64_runs(text), _separated_hex_possible(text)
-    raw = text.encode("utf-8", "surrogatepass")  # non-ASCII becomes bytes >= 0x80: separators
-    spans, triggered = _RUNS_AND_HEX.scan(raw)
-    runs = [raw[start:end].decode("ascii") for start, end in spans]
-    return runs, ("hex" in triggered if text.isascii() else _separated_hex_possible(text))
+        runs, hex_possible = _runs(raw, _B64_MASK, _B64_MIN_RUN), _separated_hex_possible(text)
+    else:
+        spans, triggered = _RUNS_AND_HEX.scan(raw)
+        runs = [raw[start:end].decode("ascii") for start, end in spans]
+        hex_possible = "hex" in triggered if text.isascii() else _separated_hex_possible(text)
+    return [run for run in runs if run.lower() != run != run.upper()], hex_runs, hex_possible
 
 
-def _b64_runs(text: str) -> list[str]:
-    """Every maximal run of base64/base64url characters at least _B64_MIN_RUN long ("=" padding
-    left out: _b64 restores it). Masking to bytes and searching with bytes.find is ten times
-    faster than a regex walk over ordinary text, where long runs are rare."""
-    raw = text.encode("utf-8", "surrogatepass")  # non-ASCII becomes bytes >= 0x80: separators
-    masked = raw.translate(_B64_MASK)
-    needle = b"a" * _B64_MIN_RUN
+def _runs(raw: bytes, mask: bytes, min_run: int) -> list[str]:
+    """Every maximal run of the characters ``mask`` maps to "a", at least ``min_run`` long.
+    Masking to bytes and searching with bytes.find is ten times faster than a regex walk over
+    ordinary text, where long runs are rare."""
+    masked = raw.translate(mask)
+    needle = b"a" * min_run
     runs = []
     start = masked.find(needle)
     while start != -1:  # found from the left, so a run's first character: the one before is a separator
-        end = masked.find(b" ", start + _B64_MIN_RUN)
+        end = masked.find(b" ", start + min_run)
         end = len(masked) if end == -1 else end
         runs.append(raw[start:end].decode("ascii"))
         start = masked.find(needle, end)
