@@ -250,6 +250,35 @@ def test_scanning_around_match_ends_finds_what_a_whole_scan_finds(seed):
         assert_same(text, f"seed {seed}")
 
 
+SECRET_PIECES = ["api_key", "API-KEY", "secret", "Token", "password", "passwd", "pwd", "credential", "auth_key",
+                 "access-key", "sha256_token", "token_hash", "=", ": ", '"', "'", " ", "\n", "x" * 30, "-", ".",
+                 "hQ7vN2pL9xK4mR8t", "W3yB6cF1jD5gS0aZeUoIiPQr!@#", "a" * 12, "0123456789abcdef", "{", ","]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scanning_near_keywords_finds_what_a_whole_scan_finds(seed):
+    # generic_secret runs only near its keywords: keyword-dense ASCII text, secret-like values
+    # next to each other, at the pattern's longest.
+    rng = random.Random(seed)
+    for _ in range(150):
+        text = "".join(rng.choice(SECRET_PIECES) for _ in range(rng.randint(1, 60)))
+        assert_same(text, f"seed {seed}")
+
+
+def test_every_generic_secret_match_holds_a_keyword():
+    # What running generic_secret only near its keywords rests on.
+    detector = next(d for d in BUILTIN if d.id == "generic_secret")
+    assert detector.keywords_inside
+    rng = random.Random(9)
+    matched = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(SECRET_PIECES) for _ in range(rng.randint(1, 20)))
+        for m in detector.pattern.finditer(text):
+            matched += 1
+            assert any(k in m.group().lower() for k in detector.keywords), f"match at {m.span()}"
+    assert matched > 300
+
+
 def test_too_many_places_to_look_falls_back_to_one_whole_scan():
     text = " ".join(["4111111111111111"] * 400)  # far more match ends than LOCATE_LIMIT
     assert WITH._multi.locate(text, "payment_card") is None or not WITH._multi.active

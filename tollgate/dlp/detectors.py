@@ -39,6 +39,8 @@ class Detector:
     # runs the regex only around the places the prefilter points at (digit-run detectors
     # fire on most bodies: ids, timestamps). A unit test checks it against the pattern.
     max_length: int | None = None
+    # Every match holds one of the keywords: with max_length, the regex runs only near them.
+    keywords_inside: bool = False
 
 
 def _re(pattern: str, flags: int = 0) -> regex.Pattern:
@@ -101,7 +103,8 @@ BUILTIN: tuple[Detector, ...] = (
              _re(r"(?i)\b(?![\w.-]{0,40}(?:hash|sha\d*|digest|checksum|etag))"
                  r"[\w.-]{0,40}(?:api[_-]?key|secret|token|passw(?:or)?d|pwd|credential|auth[_-]?key|access[_-]?key)"
                  r"[\w.-]{0,20}[\"']?\s{0,3}[:=]\s{0,3}[\"']?(?P<v>[A-Za-z0-9+/=_\-.!@#$%^&*~]{12,128})"),
-             keywords=("key", "secret", "token", "passw", "pwd", "credential"), validate=v.generic_secret),
+             keywords=("key", "secret", "token", "passw", "pwd", "credential"), validate=v.generic_secret,
+             max_length=207, keywords_inside=True),
     # Personal data.
     # Not inside a longer token: digit runs in hashes, tracking numbers or ids are not cards.
     # At least 14 digits: no brand the validator knows has fewer (12- and 13-digit ids abound).

@@ -45,8 +45,9 @@ class Engine:
     def __init__(self, detectors: tuple[Detector, ...], prefilter: bool = True):
         self.detectors = detectors
         self.prefilter = prefilter  # off only in the benchmark and tests, to prove it changes no finding
+        self._by_id = {d.id: (i, d) for i, d in enumerate(detectors)}
         keywords = tuple(sorted({k for d in detectors for k in d.keywords}))
-        locatable = frozenset(d.id for d in detectors if d.max_length)
+        locatable = frozenset(d.id for d in detectors if d.max_length and not d.keywords_inside)
         self._multi = prefilters.build(tuple((d.id, d.pattern.pattern, bool(d.pattern.flags & regex.IGNORECASE),
                                               d.context) for d in detectors), keywords, DIGITS, _DIGIT_RUN_ASCII, locatable) \
             if prefilter else None
@@ -63,15 +64,13 @@ class Engine:
             return []  # the usual case: a clean text, one pass
         keywords = _Keywords(view.text, hits.keywords)
         matches: list[Match] = []
-        for detector in self.detectors:
-            if candidates is not None and detector.id not in candidates:
-                continue
+        for detector in self._runnable(candidates):
             if self.prefilter and detector.keywords and not keywords.any_of(detector.keywords):
                 continue
             try:
-                ends = self._multi.locate(view.text, detector.id) if self._multi and detector.max_length else None
-                found = detector.pattern.finditer(view.text, timeout=PATTERN_TIMEOUT) if ends is None \
-                    else _around(detector.pattern, view.text, ends, detector.max_length)
+                places = self._places(detector, view.text, keywords) if self.prefilter else None
+                found = detector.pattern.finditer(view.text, timeout=PATTERN_TIMEOUT) if places is None \
+                    else _within(detector.pattern, view.text, places)
                 for m in found:
                     matches.extend(self._confirm(detector, m, view))
             except TimeoutError:
@@ -91,7 +90,35 @@ class Engine:
         if candidates is None:
             return True
         keywords = _Keywords(view.text, hits.keywords)
-        return any(not d.keywords or keywords.any_of(d.keywords) for d in self.detectors if d.id in candidates)
+        return any(not d.keywords or keywords.any_of(d.keywords) for d in self._runnable(candidates))
+
+    def _runnable(self, candidates: set[str] | None) -> list[Detector]:
+        """The candidate detectors (all when None), in the order of self.detectors: a text
+        usually has a few, and scan() runs on every field of a request with a finding."""
+        if candidates is None:
+            return list(self.detectors)
+        return [d for _, d in sorted(self._by_id[c] for c in candidates if c in self._by_id)]
+
+    def _places(self, detector: Detector, text: str, keywords: "_Keywords") -> list[tuple[int, int]] | None:
+        """The stretches of the text that hold every match of the detector, when they are
+        known and few; None: the whole text. Around the places hyperscan says a match may
+        end, or, for a detector whose every match holds one of its keywords, around each
+        keyword (in ASCII text, where caseless means lowercase)."""
+        reach = detector.max_length
+        if not reach:
+            return None
+        if detector.keywords_inside:
+            if not text.isascii():
+                return None
+            places = []
+            for keyword in detector.keywords:
+                at = keywords.lowered.find(keyword)
+                while at != -1 and len(places) <= prefilters.LOCATE_LIMIT:
+                    places.append((at + len(keyword) - reach, at + reach))
+                    at = keywords.lowered.find(keyword, at + 1)
+            return None if len(places) > prefilters.LOCATE_LIMIT else sorted(places)
+        ends = self._multi.locate(text, detector.id) if self._multi else None
+        return None if ends is None else [(end - reach, end) for end in ends]
 
     def _confirm(self, detector: Detector, m: regex.Match, view) -> list[Match]:
         group = "v" if "v" in detector.pattern.groupindex else 0
@@ -108,17 +135,18 @@ class Engine:
         return [Match(detector.id, o_start, o_end, value, placeholder)]
 
 
-def _around(pattern: regex.Pattern, text: str, ends: list[int], max_length: int) -> Iterator[regex.Match]:
-    """The matches a scan of the whole text would find, found only in windows around the
-    places a match may end. A window reaches max_length (and a margin for lookarounds) before
-    an end; overlapping windows are merged, so each whole-text match lies inside one window,
-    which never starts inside a match. Lookbehinds see the text before a window. A match that
-    touches a window's cut-off end could be an artefact of the cut (the text goes on there);
-    it is dropped: a real match there would end later, inside a window of its own."""
+def _within(pattern: regex.Pattern, text: str, places: list[tuple[int, int]]) -> Iterator[regex.Match]:
+    """The matches a scan of the whole text would find, found only in ``places`` (sorted
+    (start, end) stretches, each holding whole every match that reaches into it), widened by a
+    margin for lookarounds; overlapping windows are merged, so each whole-text match lies
+    inside one window, which never starts inside a match. Lookbehinds see the text before a
+    window. A match that touches a window's cut-off end could be an artefact of the cut (the
+    text goes on there); it is dropped: a real match there would end later, in a window of
+    its own."""
     margin = 8
     windows: list[list[int]] = []
-    for end in ends:
-        start, stop = max(0, end - max_length - margin), min(len(text), end + margin)
+    for start, stop in places:
+        start, stop = max(0, start - margin), min(len(text), stop + margin)
         if windows and start <= windows[-1][1]:
             windows[-1][1] = max(windows[-1][1], stop)
         else:
