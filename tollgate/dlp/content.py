@@ -364,15 +364,17 @@ def _layer_candidates(text: str) -> tuple[list[str], list[str], bool]:
     """(the base64 candidates: runs of base64 characters at least _B64_MIN_RUN long that mix
     upper and lower case, the runs of hex digits at least _HEX_MIN_RUN long, whether separated
     hex may occur). The base64 runs and the trigger come from one hyperscan pass (other than
-    ASCII text needs a second one for the trigger); without hyperscan, the slower ways below."""
+    ASCII text needs a second one for the trigger); without hyperscan, the slower ways below.
+    Hex digits are base64 characters, so hex runs are looked for inside the long base64 runs."""
     raw = text.encode("utf-8", "surrogatepass")  # non-ASCII becomes bytes >= 0x80: separators
-    hex_runs = _runs(raw, _HEX_MASK, _HEX_MIN_RUN)
     if not _RUNS_AND_HEX.active:
         runs, hex_possible = _runs(raw, _B64_MASK, _B64_MIN_RUN), _separated_hex_possible(text)
     else:
         spans, triggered = _RUNS_AND_HEX.scan(raw)
         runs = [raw[start:end].decode("ascii") for start, end in spans]
         hex_possible = "hex" in triggered if text.isascii() else _separated_hex_possible(text)
+    long_runs = [run for run in runs if len(run) >= _HEX_MIN_RUN]
+    hex_runs = _runs(" ".join(long_runs).encode("ascii"), _HEX_MASK, _HEX_MIN_RUN) if long_runs else []
     return [run for run in runs if run.lower() != run != run.upper()], hex_runs, hex_possible
 
 

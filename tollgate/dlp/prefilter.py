@@ -37,7 +37,7 @@ _PY_ONLY_SPACE = r"\x1c-\x1f"  # in Python's \s, not in PCRE's
 _MAX_REPEAT = 32
 
 
-def loosen(source: str, ascii_text: bool = False, lead: bool = True) -> str:
+def loosen(source: str, ascii_text: bool = False, lead: bool = True, edges: bool = True) -> str:
     """A pattern that matches at least wherever ``source`` matches (as a Unicode `regex`),
     written so that hyperscan compiles it fast without Unicode classes:
       - ``\\w``, ``\\d``, ``\\s`` (outside negated classes) also match any non-ASCII character,
@@ -48,7 +48,9 @@ def loosen(source: str, ascii_text: bool = False, lead: bool = True) -> str:
         character consumed, or the start of the text (``(?<![\\w-])`` becomes
         ``(?:^|[^\\w-])``), and a negative lookahead that closes it likewise: the number
         detectors then stop firing on digits inside hashes and longer tokens. With ``lead``
-        false the opening one is dropped instead (when something comes before the pattern);
+        false the opening one is dropped instead (when something comes before the pattern),
+        with ``edges`` false both are (hyperscan runs a pattern that opens with a class of
+        almost every character much slower);
       - other lookarounds and ``\\b`` are dropped (a dropped condition only widens);
       - repeats above 32 become open-ended.
     Raises ValueError on syntax it does not know; the detector then always runs."""
@@ -100,7 +102,7 @@ def loosen(source: str, ascii_text: bool = False, lead: bool = True) -> str:
             continue
         if source.startswith(("(?=", "(?!", "(?<=", "(?<!"), i):
             end = _skip_group(source, i)
-            edge = "^" if i == 0 and lead and source.startswith("(?<!", i) else \
+            edge = None if not edges else "^" if i == 0 and lead and source.startswith("(?<!", i) else \
                 "$" if end == n and source.startswith("(?!", i) else None
             single = edge and _single_class(source[source.index("!", i) + 1:end - 1])
             if single:
@@ -212,13 +214,17 @@ class Prefilter:
             return
         # Two databases of the same detectors: one for any UTF-8 text, and one for ASCII text
         # (most request bodies), where \d, \w and \s need not admit non-ASCII characters.
-        # (detector, pattern for any text, gate for ASCII text, every match end in ASCII text)
-        compiled: list[tuple[str, bytes, bytes, bytes]] = []
+        # For ASCII text, two passes: a fast one with each pattern loosened the most, then,
+        # only for the detectors it reports whose tighter gate differs (with the boundaries
+        # and context words), a pass with the tight gates. Most bodies stop after the first.
+        # (detector, pattern for any text, ASCII: fast pattern, tight gate, every match end)
+        compiled: list[tuple[str, bytes, bytes, bytes, bytes]] = []
         for detector, source, caseless, *context in patterns:
             source = source.removeprefix("(?-f)")  # case folding is moot: caseless patterns always run
             try:
                 loose = None if caseless or "(?i" in source else \
-                    (loosen(source), _with_context(source, context[0] if context else ()), loosen(source, ascii_text=True))
+                    (loosen(source), loosen(source, ascii_text=True, edges=False),
+                     _with_context(source, context[0] if context else ()), loosen(source, ascii_text=True))
             except ValueError:
                 loose = None
             if loose is not None and _compiles(loose[0], _FLAGS) and all(_compiles(p, _ASCII_FLAGS) for p in loose[1:]):
@@ -239,15 +245,21 @@ class Prefilter:
         if not compiled:
             return
         self._ids = [d for d, *_ in compiled]
-        self._db = _database([p for _, p, _, _ in compiled], [_FLAGS] * len(compiled))
-        self._ascii_db = _database([p for _, _, p, _ in compiled] + [e for _, e, _ in keyword_expressions or []],
+        self._db = _database([p for _, p, _, _, _ in compiled], [_FLAGS] * len(compiled))
+        tight = [(d, gate) for d, _, fast, gate, _ in compiled if gate != fast]
+        self._tight_ids = [d for d, _ in tight]
+        self._refinable = frozenset(self._tight_ids)
+        if tight:
+            self._tight_db = _database([gate for _, gate in tight], [_ASCII_FLAGS] * len(tight))
+            self._tight_scratch, self._tight_local = hyperscan.Scratch(self._tight_db), threading.local()
+        self._ascii_db = _database([p for _, _, p, _, _ in compiled] + [e for _, e, _ in keyword_expressions or []],
                                    [_ASCII_FLAGS] * len(compiled) + [f for _, _, f in keyword_expressions or []])
         self._scratch = hyperscan.Scratch(self._db)
         self._ascii_scratch = hyperscan.Scratch(self._ascii_db)
         self._local = threading.local()  # scratch space is per thread; scans run in worker threads
         self._ascii_local = threading.local()
         self._keywords_known = keyword_expressions is not None
-        for detector, _, _, ascii_pattern in compiled:
+        for detector, _, _, _, ascii_pattern in compiled:
             if detector in locatable:  # every match end, not just "somewhere"
                 db = _database([ascii_pattern], [_ASCII_FLAGS & ~hyperscan.HS_FLAG_SINGLEMATCH])
                 self._locators[detector] = (db, hyperscan.Scratch(db), threading.local())
@@ -275,7 +287,18 @@ class Prefilter:
                 else:
                     found.add(keywords[index - count])
 
-            _scan(self._ascii_db, self._ascii_scratch, self._ascii_local, text.encode("ascii"), on_ascii_match)
+            data = text.encode("ascii")
+            _scan(self._ascii_db, self._ascii_scratch, self._ascii_local, data, on_ascii_match)
+            refine = hits & self._refinable
+            if refine:
+                hits -= refine
+                tight = self._tight_ids
+
+                def on_tight_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
+                    if tight[index] in refine:
+                        hits.add(tight[index])
+
+                _scan(self._tight_db, self._tight_scratch, self._tight_local, data, on_tight_match)
             if not self._keywords_known:
                 return Hits(hits, None)
             found.update(k for k, forms in self._short_keywords if any(f in text for f in forms))
@@ -381,7 +404,7 @@ class RunFinder:
         # A run between two non-run bytes; the data is padded with a space at each end. With
         # SOM_LEFTMOST each maximal run is reported once, from the byte before it.
         run = f"[^{run_class}][{run_class}]{{{min_run},}}[^{run_class}]".encode()
-        expressions = [run] + [loosen(pattern, ascii_text=True).encode() for _, pattern in triggers]
+        expressions = [run] + [loosen(pattern, ascii_text=True, edges=False).encode() for _, pattern in triggers]
         flags = [hyperscan.HS_FLAG_SOM_LEFTMOST] + [_ASCII_FLAGS] * len(triggers)
         self._db = _database(expressions, flags)
         self._scratch = hyperscan.Scratch(self._db)
