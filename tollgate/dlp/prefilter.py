@@ -131,14 +131,18 @@ def _with_context(source: str, context: tuple[str, ...]) -> str:
     """The ASCII gate of a detector: its loosened pattern, preceded by one of its context
     words (caseless) within reach when it has them. The value must start the match (as in
     every built-in with context words), since the words are looked for before the value."""
-    lookbehind = _skip_group(source, 0) if source.startswith("(?<") else 0
-    value_opens = "(?P<v>" not in source or source.startswith("(?P<v>", lookbehind)
-    if not context or not value_opens or not all(w.isascii() and w for w in context):
+    if not _context_applies(source, context):
         return loosen(source, ascii_text=True)
     words = "|".join("".join(f"\\x{b:02x}" for b in w.encode()) for w in context)
     reach = CONTEXT_REACH - min(map(len, context))
     # The word may end right where the value starts, so the boundary before the value goes.
     return f"(?i:{words})[\\s\\S]{{0,{reach}}}(?:{loosen(source, ascii_text=True, lead=False)})"
+
+
+def _context_applies(source: str, context: tuple[str, ...]) -> bool:
+    lookbehind = _skip_group(source, 0) if source.startswith("(?<") else 0
+    value_opens = "(?P<v>" not in source or source.startswith("(?P<v>", lookbehind)
+    return bool(context) and value_opens and all(w.isascii() and w for w in context)
 
 
 CONTEXT_REACH = 64  # characters before a value where the engine looks for a context word
@@ -219,8 +223,11 @@ class Prefilter:
         # and context words), a pass with the tight gates. Most bodies stop after the first.
         # (detector, pattern for any text, ASCII: fast pattern, tight gate, every match end)
         compiled: list[tuple[str, bytes, bytes, bytes, bytes]] = []
+        context_words: dict[str, frozenset[str]] = {}
         for detector, source, caseless, *context in patterns:
             source = source.removeprefix("(?-f)")  # case folding is moot: caseless patterns always run
+            if context and _context_applies(source, context[0]):
+                context_words[detector] = frozenset(context[0])
             try:
                 loose = None if caseless or "(?i" in source else \
                     (loosen(source), loosen(source, ascii_text=True, edges=False),
@@ -246,14 +253,25 @@ class Prefilter:
             return
         self._ids = [d for d, *_ in compiled]
         self._db = _database([p for _, p, _, _, _ in compiled], [_FLAGS] * len(compiled))
-        tight = [(d, gate) for d, _, fast, gate, _ in compiled if gate != fast]
+        # A long open-ended run (AWS secret keys: any 40 base64 characters) is a third of the
+        # fast pass over ordinary text. When its detector's context words are all keywords,
+        # it stays out of the fast pass: the keywords found there tell whether its tight gate
+        # (a word within reach of the value) is worth a look. (Only such patterns: taking out
+        # a cheap one, such as NHS numbers', made hyperscan build a slower database.)
+        known = set(self._keywords) | {k for k, _ in self._short_keywords} if keyword_expressions is not None else set()
+        long_runs = {d for d, _, fast, _, _ in compiled if b"{%d,}" % _MAX_REPEAT in fast}
+        self._by_keyword = [(d, words) for d, words in context_words.items() if words <= known and d in long_runs]
+        by_keyword = {d for d, _ in self._by_keyword}
+        tight = [(d, gate) for d, _, fast, gate, _ in compiled if gate != fast or d in by_keyword]
         self._tight_ids = [d for d, _ in tight]
         self._refinable = frozenset(self._tight_ids)
         if tight:
             self._tight_db = _database([gate for _, gate in tight], [_ASCII_FLAGS] * len(tight))
             self._tight_scratch, self._tight_local = hyperscan.Scratch(self._tight_db), threading.local()
-        self._ascii_db = _database([p for _, _, p, _, _ in compiled] + [e for _, e, _ in keyword_expressions or []],
-                                   [_ASCII_FLAGS] * len(compiled) + [f for _, _, f in keyword_expressions or []])
+        fast = [(d, p) for d, _, p, _, _ in compiled if d not in by_keyword]
+        self._ascii_ids = [d for d, _ in fast]
+        self._ascii_db = _database([p for _, p in fast] + [e for _, e, _ in keyword_expressions or []],
+                                   [_ASCII_FLAGS] * len(fast) + [f for _, _, f in keyword_expressions or []])
         self._scratch = hyperscan.Scratch(self._db)
         self._ascii_scratch = hyperscan.Scratch(self._ascii_db)
         self._local = threading.local()  # scratch space is per thread; scans run in worker threads
@@ -279,7 +297,7 @@ class Prefilter:
         hits: set[str] = set(self.always)
         if text.isascii():
             found: set[str] = set()
-            ids, keywords, count = self._ids, self._keywords, len(self._ids)
+            ids, keywords, count = self._ascii_ids, self._keywords, len(self._ascii_ids)
 
             def on_ascii_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
                 if index < count:
@@ -289,6 +307,9 @@ class Prefilter:
 
             data = text.encode("ascii")
             _scan(self._ascii_db, self._ascii_scratch, self._ascii_local, data, on_ascii_match)
+            if self._keywords_known:
+                found.update(k for k, forms in self._short_keywords if any(f in text for f in forms))
+                hits.update(d for d, words in self._by_keyword if not words.isdisjoint(found))
             refine = hits & self._refinable
             if refine:
                 hits -= refine
@@ -299,10 +320,7 @@ class Prefilter:
                         hits.add(tight[index])
 
                 _scan(self._tight_db, self._tight_scratch, self._tight_local, data, on_tight_match)
-            if not self._keywords_known:
-                return Hits(hits, None)
-            found.update(k for k, forms in self._short_keywords if any(f in text for f in forms))
-            return Hits(hits, found)
+            return Hits(hits, found if self._keywords_known else None)
         try:
             data = text.encode("utf-8")  # strict: lone surrogates would be invalid UTF-8 for hyperscan
         except UnicodeEncodeError:
