@@ -168,9 +168,9 @@ def test_base64_runs_are_the_maximal_runs_of_twelve_or_more():
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) if rng.random() < 0.3 else "Ab9" for _ in range(rng.randint(0, 40)))
         expected = [m.group() for m in reference.finditer(text)]
-        assert _runs(text.encode("utf-8", "surrogatepass"), _B64_MASK, 12) == expected, repr(text)  # without hyperscan
+        assert _runs(text.encode("utf-8", "surrogatepass"), _B64_MASK, 12) == expected, repr(text)
         mixed_case = [run for run in expected if run.lower() != run != run.upper()]
-        assert _layer_candidates(text)[0] == mixed_case, repr(text)  # the hyperscan pass
+        assert _layer_candidates(text)[0] == mixed_case, repr(text)  # and only the mixed-case ones are candidates
 
 
 def test_hex_runs_are_the_maximal_runs_of_thirty_two_or_more():

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode
 import brotli
 import zstandard
 
-from tollgate.dlp.prefilter import build as build_prefilter, build_run_finder
+from tollgate.dlp.prefilter import build as build_prefilter
 
 MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
 MAX_LAYER_DEPTH = 3  # base64/hex/percent/entities inside each other
@@ -310,19 +310,18 @@ def _multipart_slots(body: bytes, content_type: str) -> list[Slot]:
 # --- encoded layers ---------------------------------------------------------------------
 
 # Candidate finders. Each is linear in the text (a run is looked at from its start only), which
-# is why the stdlib `re` (several times faster than `regex` here) needs no timeout. Base64 of
-# text mixes upper and lower case: a run of one case (hex digests, UUIDs, plain words) is no
+# is why the stdlib `re` (several times faster than `regex` here) needs no timeout. Runs are
+# found by masking the bytes (C speed; a hyperscan pass was slower over ordinary text). Base64
+# of text mixes upper and lower case: a run of one case (hex digests, UUIDs, plain words) is no
 # base64 candidate. Contiguous hex is a run of its own; _HEX_SEPARATED finds "aa:bb:cc..." and
-# "aa bb cc ...".
+# "aa bb cc ...", after a hyperscan pass says it may occur.
 _B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
 _B64_MASK = bytes(ord("a") if c in _B64_CHARS else ord(" ") for c in range(256))
 _B64_MIN_RUN = 12
 _HEX_MASK = bytes(ord("a") if c in b"0123456789abcdefABCDEF" else ord(" ") for c in range(256))
 _HEX_MIN_RUN = 32
 _HEX_SEPARATED = re.compile(r"(?<![0-9a-fA-F:])[0-9a-fA-F]{2}(?:[:\s][0-9a-fA-F]{2}){15,}")
-_HEX_TRIGGER = build_prefilter((("hex", _HEX_SEPARATED.pattern, False),))  # for non-ASCII text
-# Base64-class runs and the separated-hex trigger in one hyperscan pass.
-_RUNS_AND_HEX = build_run_finder(r"A-Za-z0-9+/_\-", _B64_MIN_RUN, (("hex", _HEX_SEPARATED.pattern),))
+_HEX_TRIGGER = build_prefilter((("hex", _HEX_SEPARATED.pattern, False),))
 _PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
 _ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
 
@@ -363,19 +362,13 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
 def _layer_candidates(text: str) -> tuple[list[str], list[str], bool]:
     """(the base64 candidates: runs of base64 characters at least _B64_MIN_RUN long that mix
     upper and lower case, the runs of hex digits at least _HEX_MIN_RUN long, whether separated
-    hex may occur). The base64 runs and the trigger come from one hyperscan pass (other than
-    ASCII text needs a second one for the trigger); without hyperscan, the slower ways below.
-    Hex digits are base64 characters, so hex runs are looked for inside the long base64 runs."""
+    hex may occur). Hex digits are base64 characters, so hex runs are looked for inside the
+    long base64 runs."""
     raw = text.encode("utf-8", "surrogatepass")  # non-ASCII becomes bytes >= 0x80: separators
-    if not _RUNS_AND_HEX.active:
-        runs, hex_possible = _runs(raw, _B64_MASK, _B64_MIN_RUN), _separated_hex_possible(text)
-    else:
-        spans, triggered = _RUNS_AND_HEX.scan(raw)
-        runs = [raw[start:end].decode("ascii") for start, end in spans]
-        hex_possible = "hex" in triggered if text.isascii() else _separated_hex_possible(text)
+    runs = _runs(raw, _B64_MASK, _B64_MIN_RUN)
     long_runs = [run for run in runs if len(run) >= _HEX_MIN_RUN]
     hex_runs = _runs(" ".join(long_runs).encode("ascii"), _HEX_MASK, _HEX_MIN_RUN) if long_runs else []
-    return [run for run in runs if run.lower() != run != run.upper()], hex_runs, hex_possible
+    return [run for run in runs if run.lower() != run != run.upper()], hex_runs, _separated_hex_possible(text)
 
 
 def _runs(raw: bytes, mask: bytes, min_run: int) -> list[str]:
