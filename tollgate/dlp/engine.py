@@ -137,9 +137,9 @@ class Engine:
 
 def _within(pattern: regex.Pattern, text: str, places: list[tuple[int, int]]) -> Iterator[regex.Match]:
     """The matches a scan of the whole text would find, found only in ``places`` (sorted
-    (start, end) stretches, each holding whole every match that reaches into it), widened by a
-    margin for lookarounds; overlapping windows are merged, so each whole-text match lies
-    inside one window, which never starts inside a match. Lookbehinds see the text before a
+    (start, end) stretches such that each match of a whole-text scan lies within one of them),
+    widened by a margin for lookarounds; overlapping windows are merged, so each whole-text
+    match lies inside one window, which never starts inside a match. Lookbehinds see the text before a
     window. A match that touches a window's cut-off end could be an artefact of the cut (the
     text goes on there); it is dropped: a real match there would end later, in a window of
     its own."""

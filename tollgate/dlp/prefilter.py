@@ -200,7 +200,7 @@ class Prefilter:
         """``patterns``: (detector id, regex source, case-insensitive[, context words]).
         Case-insensitive patterns always run: Unicode case folding (the Kelvin sign is a k) is
         beyond ASCII mode. Context words (one must occur in the 64 characters before the value)
-        join the pattern in the ASCII database: a number near "nhs", not any number.
+        join the pattern in the second ASCII pass: a number near "nhs", not any number.
 
         ``keywords``: the detectors' keywords, found in the same pass over ASCII text (ASCII
         caseless matching equals str.lower() there, and only there). ``digits_marker`` stands
