@@ -309,8 +309,8 @@ def test_context_words_at_every_distance(word, value):
     ("blob " + "Hq7vN2pL9xK4mR8tW3yB6cF1jD5gS0aZeUoIiPQr", "aws_secret_access_key"),  # no "aws" or "secret"
     ("aws" + "-" * 70 + " Hq7vN2pL9xK4mR8tW3yB6cF1jD5gS0aZeUoIiPQr", "aws_secret_access_key"),  # out of reach
 ])
-def test_clean_numbers_are_not_candidates(text, detector):
-    # What made most clean bodies need a full scan: digits inside tokens, ids, far context.
+def test_near_misses_make_no_candidate(text, detector):
+    # What made most clean bodies need a full scan: digits inside tokens, ids, far context words.
     assert detector not in WITH._multi.candidates(text)
 
 
