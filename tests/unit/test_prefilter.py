@@ -320,3 +320,17 @@ def test_most_of_the_benign_corpus_is_clean_at_a_glance():
     bodies = [body.decode() for _, body in generate(400, 5)]
     clean = sum(clean_at_a_glance(WITH, text) for text in bodies)
     assert clean >= 0.9 * len(bodies), clean
+
+
+@pytest.mark.skipif(not WITH._multi.active, reason="hyperscan is not available on this platform")
+def test_short_keywords_are_searched_only_for_detectors_the_database_cannot_take():
+    # "sk", "@", "+", "-": every built-in detector with one is in the database, whose pattern
+    # is the stronger condition, so the keyword is reported without a search.
+    assert WITH._multi._searched_short == []
+    assert "sk" in WITH._multi.scan("nothing here").keywords
+    # A detector hyperscan cannot take (\p{L}) runs whenever its keyword occurs: searched.
+    p = prefilter.Prefilter([("custom", r"\p{L}zq\d", False, (), ("zq",)), ("digits", r"\d{4}", False, (), ("ab",))],
+                            ("ab", "zq"))
+    assert p.always == {"custom"}
+    assert "zq" not in p.scan("nothing here").keywords
+    assert "zq" in p.scan("xZq1").keywords and "ab" in p.scan("nothing here").keywords
