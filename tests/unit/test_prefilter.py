@@ -168,7 +168,8 @@ def test_base64_runs_are_the_maximal_runs_of_twelve_or_more():
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) if rng.random() < 0.3 else "Ab9" for _ in range(rng.randint(0, 40)))
         expected = [m.group() for m in reference.finditer(text)]
-        assert _runs(text.encode("utf-8", "surrogatepass"), _B64_MASK, 12) == expected, repr(text)
+        raw = text.encode("utf-8", "surrogatepass")
+        assert _runs(raw, raw.translate(_B64_MASK), 12) == expected, repr(text)
         mixed_case = [run for run in expected if run.lower() != run != run.upper()]
         assert _layer_candidates(text)[0] == mixed_case, repr(text)  # and only the mixed-case ones are candidates
 
@@ -186,12 +187,15 @@ def test_hex_runs_are_the_maximal_runs_of_thirty_two_or_more():
         assert _layer_candidates(text)[1] == [m.group() for m in reference.finditer(text)], repr(text)
 
 
-def test_the_separated_hex_trigger_never_misses():
+@pytest.mark.parametrize("separators", [
+    [":", " ", "\t", "\x1c", "\n", "\u2003"] * 4 + ["::", "-"],
+    [":", " ", "\t", "\x0b", "\x0c", "\r", "\x1c", "\x1f", "\n"] * 4 + ["::", "-", "/"],  # ASCII text
+])
+def test_the_separated_hex_trigger_never_misses(separators):
     from tollgate.dlp.content import _HEX_SEPARATED, _layer_candidates
 
     rng = random.Random(5)
-    pairs = ["ab", "0f", "C3", "12"] * 5 + ["g1", "abc"]  # mostly hex, sometimes broken
-    separators = [":", " ", "\t", "\x1c", "\n", "\u2003"] * 4 + ["::", "-"]
+    pairs = ["ab", "0f", "C3", "12"] * 5 + ["g1", "abc", "xab"]  # mostly hex, sometimes broken
     found = 0
     for _ in range(3000):
         text = "".join(rng.choice(pairs) + rng.choice(separators) for _ in range(rng.randint(12, 24)))

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode
 import brotli
 import zstandard
 
-from tollgate.dlp.prefilter import build as build_prefilter
+from tollgate.dlp.prefilter import build as build_prefilter, build_trigger
 
 MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
 MAX_LAYER_DEPTH = 3  # base64/hex/percent/entities inside each other
@@ -321,7 +321,8 @@ _B64_MIN_RUN = 12
 _HEX_MASK = bytes(ord("a") if c in b"0123456789abcdefABCDEF" else ord(" ") for c in range(256))
 _HEX_MIN_RUN = 32
 _HEX_SEPARATED = re.compile(r"(?<![0-9a-fA-F:])[0-9a-fA-F]{2}(?:[:\s][0-9a-fA-F]{2}){15,}")
-_HEX_TRIGGER = build_prefilter((("hex", _HEX_SEPARATED.pattern, False),))
+_HEX_TRIGGER = build_prefilter((("hex", _HEX_SEPARATED.pattern, False),))  # for other than ASCII text
+_MASKED_HEX_TRIGGER = build_trigger(rb"aa(?: aa){15}")  # _HEX_SEPARATED in _B64_MASK'd ASCII text
 _PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
 _ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
 
@@ -365,17 +366,24 @@ def _layer_candidates(text: str) -> tuple[list[str], list[str], bool]:
     hex may occur). Hex digits are base64 characters, so hex runs are looked for inside the
     long base64 runs."""
     raw = text.encode("utf-8", "surrogatepass")  # non-ASCII becomes bytes >= 0x80: separators
-    runs = _runs(raw, _B64_MASK, _B64_MIN_RUN)
+    masked = raw.translate(_B64_MASK)
+    runs = _runs(raw, masked, _B64_MIN_RUN)
     long_runs = [run for run in runs if len(run) >= _HEX_MIN_RUN]
-    hex_runs = _runs(" ".join(long_runs).encode("ascii"), _HEX_MASK, _HEX_MIN_RUN) if long_runs else []
-    return [run for run in runs if run.lower() != run != run.upper()], hex_runs, _separated_hex_possible(text)
+    if long_runs:
+        joined = " ".join(long_runs).encode("ascii")
+        hex_runs = _runs(joined, joined.translate(_HEX_MASK), _HEX_MIN_RUN)
+    else:
+        hex_runs = []
+    # Hex digits are base64 characters and the separators (":" and white space) are not, so
+    # in the masked ASCII text separated hex reads "aa aa aa ...": a simpler pattern to find.
+    hex_possible = _MASKED_HEX_TRIGGER(masked) if text.isascii() else _separated_hex_possible(text)
+    return [run for run in runs if run.lower() != run != run.upper()], hex_runs, hex_possible
 
 
-def _runs(raw: bytes, mask: bytes, min_run: int) -> list[str]:
-    """Every maximal run of the characters ``mask`` maps to "a", at least ``min_run`` long.
-    Masking to bytes and searching with bytes.find is ten times faster than a regex walk over
-    ordinary text, where long runs are rare."""
-    masked = raw.translate(mask)
+def _runs(raw: bytes, masked: bytes, min_run: int) -> list[str]:
+    """Every maximal run of ``raw`` where ``masked`` (``raw`` translated by a mask) holds "a",
+    at least ``min_run`` long. Masking to bytes and searching with bytes.find is ten times
+    faster than a regex walk over ordinary text, where long runs are rare."""
     needle = b"a" * min_run
     runs = []
     start = masked.find(needle)

@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 logger = logging.getLogger("tollgate")
 
@@ -417,3 +417,20 @@ def _compiles(source: str, flags: int) -> bool:
     except hyperscan.error:
         logger.info("tollgate: DLP prefilter cannot take a pattern; its detector always runs")
         return False
+
+
+def build_trigger(pattern: bytes) -> Callable[[bytes], bool]:
+    """A test of whether ``pattern`` (a plain regex, the same in hyperscan and `re`) occurs in
+    bytes: one hyperscan pass, or `re` without hyperscan."""
+    if hyperscan is None:
+        search = re.compile(pattern).search
+        return lambda data: search(data) is not None
+    db = _database([pattern], [hyperscan.HS_FLAG_SINGLEMATCH])
+    scratch, local = hyperscan.Scratch(db), threading.local()
+
+    def occurs(data: bytes) -> bool:
+        found = []
+        _scan(db, scratch, local, data, lambda *_: found.append(True))
+        return bool(found)
+
+    return occurs
