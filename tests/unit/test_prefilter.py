@@ -338,3 +338,44 @@ def test_short_keywords_are_searched_only_for_detectors_the_database_cannot_take
     assert p.always == {"custom"}
     assert "zq" not in p.scan("nothing here").keywords
     assert "zq" in p.scan("xZq1").keywords and "ab" in p.scan("nothing here").keywords
+
+
+SLOW = r"(a|aa)+c"  # backtracks exponentially on a run of "a" not followed by "c"
+
+
+def test_windows_share_one_deadline(monkeypatch):
+    # Scanning in windows must not turn one timeout per detector and text into one per
+    # window: 40 windows that each take a while run out of the one budget.
+    import time
+
+    import regex
+
+    from tollgate.dlp import engine as engine_module
+
+    pattern = regex.compile(SLOW)
+    text = ("a" * 24 + "!" + "-" * 20) * 40  # apart: the windows do not merge
+    places = [(i * 45, i * 45 + 25) for i in range(40)]
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        list(engine_module._within(pattern, text, places, time.monotonic() + 0.3))
+    assert time.monotonic() - started < 2.0  # the 40 windows alone take longer (about 3 s here)
+
+
+def test_a_pattern_that_runs_too_long_makes_the_text_uninspectable():
+    # A custom detector that backtracks: the scan stops at PATTERN_TIMEOUT with
+    # ScanIncomplete (the request is then uninspectable and blocked), never a silent pass.
+    from tollgate.dlp.detectors import compile_custom
+    from tollgate.dlp.engine import ScanIncomplete
+    from tollgate.dlp.inspect import RequestFacts, inspect_request
+    from tollgate.policy.loader import load_policy
+    from tollgate.policy.model import CustomDetector
+
+    slow = compile_custom(CustomDetector("slow_one", SLOW))
+    engine = Engine(BUILTIN + (slow,))
+    text = "a" * 40 + "! ac"
+    with pytest.raises(ScanIncomplete):
+        engine.scan(text)
+    policy = load_policy(Path(__file__).resolve().parents[2] / "policies" / "example.yaml")
+    facts = RequestFacts("/", [], text.encode(), "", "text/plain", "api.example.org", None)
+    outcome = inspect_request(engine, policy.dlp, b"k" * 32, facts)
+    assert (outcome.action, outcome.uninspectable) == ("uninspectable", "scan_incomplete")

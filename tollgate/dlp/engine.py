@@ -7,6 +7,7 @@ a timeout becomes a ``scan_incomplete`` finding, never a silent pass.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -70,7 +71,7 @@ class Engine:
             try:
                 places = self._places(detector, view.text, keywords) if self.prefilter else None
                 found = detector.pattern.finditer(view.text, timeout=PATTERN_TIMEOUT) if places is None \
-                    else _within(detector.pattern, view.text, places)
+                    else _within(detector.pattern, view.text, places, time.monotonic() + PATTERN_TIMEOUT)
                 for m in found:
                     matches.extend(self._confirm(detector, m, view))
             except TimeoutError:
@@ -135,14 +136,15 @@ class Engine:
         return [Match(detector.id, o_start, o_end, value, placeholder)]
 
 
-def _within(pattern: regex.Pattern, text: str, places: list[tuple[int, int]]) -> Iterator[regex.Match]:
+def _within(pattern: regex.Pattern, text: str, places: list[tuple[int, int]], deadline: float) -> Iterator[regex.Match]:
     """The matches a scan of the whole text would find, found only in ``places`` (sorted
     (start, end) stretches such that each match of a whole-text scan lies within one of them),
     widened by a margin for lookarounds; overlapping windows are merged, so each whole-text
     match lies inside one window, which never starts inside a match. Lookbehinds see the text before a
     window. A match that touches a window's cut-off end could be an artefact of the cut (the
     text goes on there); it is dropped: a real match there would end later, in a window of
-    its own."""
+    its own. All the windows share one ``deadline`` (TimeoutError after it), as one scan of the
+    whole text would have."""
     margin = 8
     windows: list[list[int]] = []
     for start, stop in places:
@@ -152,7 +154,10 @@ def _within(pattern: regex.Pattern, text: str, places: list[tuple[int, int]]) ->
         else:
             windows.append([start, stop])
     for start, stop in windows:
-        for m in pattern.finditer(text, start, stop, timeout=PATTERN_TIMEOUT):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        for m in pattern.finditer(text, start, stop, timeout=left):
             if m.end() == stop < len(text):
                 break
             yield m
