@@ -35,6 +35,7 @@ _NON_ASCII = r"\x{80}-\x{10FFFF}"
 _ASCII_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f "
 _PY_ONLY_SPACE = r"\x1c-\x1f"  # in Python's \s, not in PCRE's
 _MAX_REPEAT = 32
+_LONG_REPEAT = b"{%d,}" % _MAX_REPEAT  # how `loosen` writes every repeat above _MAX_REPEAT
 
 
 def loosen(source: str, ascii_text: bool = False, lead: bool = True, edges: bool = True) -> str:
@@ -271,7 +272,7 @@ class Prefilter:
         # (a word within reach of the value) is worth a look. (Only such patterns: taking out
         # a cheap one, such as NHS numbers', made hyperscan build a slower database.)
         known = set(self._keywords) | {k for k, _ in self._short_keywords} if keyword_expressions is not None else set()
-        long_runs = {d for d, _, fast, _, _ in compiled if b"{%d,}" % _MAX_REPEAT in fast}
+        long_runs = {d for d, _, fast, _, _ in compiled if _LONG_REPEAT in fast}
         self._by_keyword = [(d, words) for d, words in context_words.items() if words <= known and d in long_runs]
         by_keyword = {d for d, _ in self._by_keyword}
         tight = [(d, gate) for d, _, fast, gate, _ in compiled if gate != fast or d in by_keyword]
