@@ -16,17 +16,41 @@ from pathlib import Path
 KEY_FILE = "audit-hmac.key"
 
 
+KEY_BYTES = 32
+
+
 def load_or_create_key(directory: Path) -> bytes:
     path = Path(directory) / KEY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
+        _create_key(path)
     st = os.stat(path)
     if st.st_mode & 0o077:
         raise PermissionError(f"{path} is readable by group/others; run: chmod 600 {path}")
-    return path.read_bytes()
+    key = path.read_bytes()
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"{path} holds {len(key)} bytes, not a {KEY_BYTES}-byte key; "
+                         "restore it from a backup (a new key would fingerprint values differently)")
+    return key
+
+
+def _create_key(path: Path) -> None:
+    """Written whole under a name of its own, then linked into place: workers starting at
+    the same moment see no key or the whole key, never a partial one, and all use the key
+    of the first link (the others' are dropped)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made the key first: that one is used
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def fingerprint(key: bytes, value: str) -> str:
