@@ -272,3 +272,32 @@ def test_data_after_the_end_stops_the_stream():
     s.feed(filler(20_000))
     s.finish()
     assert s.feed(b"more") == [] and s.stopped.uninspectable == "data_after_end"
+
+
+def test_one_window_scans_within_one_pattern_budget(monkeypatch):
+    # A window is scanned on the proxy's event loop, in several scans (all the text, the
+    # body, its layers): they share one PATTERN_TIMEOUT, so a slow pattern holds the loop
+    # for that long at most, and the stream stops as scan_incomplete, not a pass.
+    import time
+
+    from tollgate.dlp import engine as engine_module, stream as stream_module
+    from tollgate.dlp.detectors import BUILTIN, compile_custom
+    from tollgate.policy.model import CustomDetector
+
+    slow = Engine(BUILTIN + (compile_custom(CustomDetector("slow_one", r"(a|aa)+c")),))
+    text = "a" * 27 + "! ac"  # backtracks on the run of "a", then matches "ac"
+    monkeypatch.setattr(engine_module, "PATTERN_TIMEOUT", 30.0)
+    times = []
+    for _ in range(3):
+        started = time.monotonic()
+        slow.scan(text)
+        times.append(time.monotonic() - started)
+    one_scan = min(times)
+    budget = 2.5 * one_scan  # more than any one scan takes, less than a window's scans together
+    monkeypatch.setattr(engine_module, "PATTERN_TIMEOUT", budget)
+    monkeypatch.setattr(stream_module, "PATTERN_TIMEOUT", budget)
+    s = StreamScanner(slow, POLICY.dlp, KEY, "partner.example", POLICY.destinations[0], "", "text/plain")
+    started = time.monotonic()
+    assert s.feed(text.encode()) == []
+    assert s.stopped is not None and (s.stopped.action, s.stopped.uninspectable) == ("uninspectable", "scan_incomplete")
+    assert time.monotonic() - started < 3 * one_scan

@@ -57,7 +57,10 @@ class Engine:
     def for_policy(cls, dlp: DlpSettings) -> "Engine":
         return cls(BUILTIN + tuple(compile_custom(c) for c in dlp.custom))
 
-    def scan(self, text: str) -> list[Match]:
+    def scan(self, text: str, deadline: float | None = None) -> list[Match]:
+        """The matches in the text. Each detector has PATTERN_TIMEOUT, and none runs past
+        ``deadline`` (time.monotonic()) when one is given: a caller on the event loop bounds
+        all its scans together. Past either, ScanIncomplete."""
         view = detection_view(text)
         hits = self._multi.scan(view.text) if self._multi else prefilters.Hits(None, None)
         candidates = hits.detectors
@@ -69,9 +72,12 @@ class Engine:
             if self.prefilter and detector.keywords and not keywords.any_of(detector.keywords):
                 continue
             try:
+                limit = time.monotonic() + PATTERN_TIMEOUT
+                limit = limit if deadline is None else min(limit, deadline)
                 places = self._places(detector, view.text, keywords) if self.prefilter else None
-                found = detector.pattern.finditer(view.text, timeout=PATTERN_TIMEOUT) if places is None \
-                    else _within(detector.pattern, view.text, places, time.monotonic() + PATTERN_TIMEOUT)
+                if places is None:
+                    places = [(0, len(view.text))]
+                found = _within(detector.pattern, view.text, places, limit)
                 for m in found:
                     matches.extend(self._confirm(detector, m, view))
             except TimeoutError:

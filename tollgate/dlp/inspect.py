@@ -96,12 +96,13 @@ def inspect_message(engine: Engine, dlp: DlpSettings, key: bytes, text: str, hos
     return outcome, holder["text"]
 
 
-def is_clean(engine: Engine, text: str | None) -> bool:
+def is_clean(engine: Engine, text: str | None, deadline: float | None = None) -> bool:
     """Fast path: one scan of all the text and its decoded layers. Most requests are clean
     and stop here; only a request with a finding pays for parsing and per-slot attribution."""
     if text is None:
         return False
-    return not engine.scan(text) and not any(engine.scan(layer.text) for layer in peel_layers(Slot("all", text)))
+    return not engine.scan(text, deadline) and not any(engine.scan(layer.text, deadline)
+                                                       for layer in peel_layers(Slot("all", text)))
 
 
 def clean_at_a_glance(engine: Engine, text: str | None) -> bool:
@@ -122,15 +123,17 @@ def request_clean_at_a_glance(engine: Engine, dlp: DlpSettings, facts: RequestFa
     return clean_at_a_glance(engine, quick_view(facts.path, facts.headers, facts.body, facts.content_type))
 
 
-def scan_slots(engine: Engine, slots: list[Slot]) -> list[Finding]:
+def scan_slots(engine: Engine, slots: list[Slot], deadline: float | None = None) -> list[Finding]:
+    """Findings in each slot, its decoded layers and all slots joined; ``deadline``: see
+    Engine.scan."""
     joined = Slot("joined", "\n".join(s.text for s in slots))
-    if is_clean(engine, joined.text):
+    if is_clean(engine, joined.text, deadline):
         return []
     findings: list[Finding] = []
     seen: set[tuple[str, str]] = set()
 
     def add(slot: Slot, index: int, rewritable: bool) -> None:
-        for m in engine.scan(slot.text):
+        for m in engine.scan(slot.text, deadline):
             key = (m.detector, m.value)
             if key in seen and not rewritable:
                 continue

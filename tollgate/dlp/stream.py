@@ -15,6 +15,7 @@ already gone).
 from __future__ import annotations
 
 import re
+import time
 import zlib
 from typing import Callable, Iterator
 from urllib.parse import unquote_plus
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from tollgate.dlp.content import MAX_RATIO, Slot, Uninspectable, declared_charset
 from tollgate.dlp.decide import Finding, decide
-from tollgate.dlp.engine import Engine, ScanIncomplete
+from tollgate.dlp.engine import PATTERN_TIMEOUT, Engine, ScanIncomplete
 from tollgate.dlp.inspect import Outcome, audit_view, clean_at_a_glance, scan_slots
 from tollgate.policy.model import Destination, DlpSettings
 
@@ -186,7 +187,8 @@ class StreamScanner:
         seen_chars = len(self._view(window[:seen_before]))
         again = {(f.detector, f.value) for f in deferred}
         new: list[Finding] = []
-        for f in scan_slots(self._engine, [Slot("body", text)]):
+        # On the event loop: all of one window's scans share one pattern budget.
+        for f in scan_slots(self._engine, [Slot("body", text)], time.monotonic() + PATTERN_TIMEOUT):
             if f.where == "body" and not f.layers:
                 if f.end <= seen_chars and (f.detector, f.value) not in again:
                     continue  # wholly in the overlap: counted in the window before
