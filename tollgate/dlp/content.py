@@ -25,6 +25,11 @@ import zstandard
 
 from tollgate.dlp.prefilter import build as build_prefilter, build_trigger
 
+try:  # the native layer finder (setup.py builds it); the same result in Python without it
+    from tollgate.dlp._layers import encoded_layers as _native_layers
+except ImportError:  # pragma: no cover - depends on the build
+    _native_layers = None
+
 MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
 MAX_LAYER_DEPTH = 3  # base64/hex/percent/entities inside each other
 
@@ -341,23 +346,41 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
         found.append(Slot(slot.where, unquote(text), slot.layers + ("percent",)))
     if "&" in text and _ENTITY.search(text):
         found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
-    b64_runs, hex_runs, hex_possible = _layer_candidates(text)
-    for token in b64_runs:
-        decoded = _b64(token)
-        if decoded:
-            found.append(Slot(slot.where, decoded, slot.layers + ("base64",)))
-    hex_runs = [run[:len(run) - len(run) % 2] for run in hex_runs]  # whole bytes
+    b64_texts, hex_texts, hex_possible = encoded_layers(text)
+    found.extend(Slot(slot.where, decoded, slot.layers + ("base64",)) for decoded in b64_texts)
     if hex_possible:
-        hex_runs += [re.sub(r"[:\s]", "", m.group()) for m in _HEX_SEPARATED.finditer(text)]
-    for run in hex_runs:
-        try:
-            decoded = bytes.fromhex(run).decode("utf-8")
-        except (ValueError, UnicodeDecodeError):
-            continue
-        if decoded.isprintable():
-            found.append(Slot(slot.where, decoded, slot.layers + ("hex",)))
+        separated = (_hex_text(re.sub(r"[:\s]", "", m.group())) for m in _HEX_SEPARATED.finditer(text))
+        hex_texts = hex_texts + [decoded for decoded in separated if decoded is not None]
+    found.extend(Slot(slot.where, decoded, slot.layers + ("hex",)) for decoded in hex_texts)
     deeper = [d for f in found for d in _peel(f, depth + 1)] if depth + 1 < MAX_LAYER_DEPTH else []
     return found + deeper
+
+
+def encoded_layers(text: str) -> tuple[list[str], list[str], bool]:
+    """(the texts its base64 candidates decode to, the texts its hex runs decode to, whether
+    separated hex may occur): in one native pass where tollgate/dlp/_layers.c is built, else
+    in Python, with the same result (a test checks it)."""
+    if _native_layers is None:
+        return _encoded_layers_in_python(text)
+    b64_texts, hex_texts, masked_hex = _native_layers(text.encode("utf-8", "surrogatepass"))
+    return b64_texts, hex_texts, masked_hex if text.isascii() else _separated_hex_possible(text)
+
+
+def _encoded_layers_in_python(text: str) -> tuple[list[str], list[str], bool]:
+    b64_runs, hex_runs, hex_possible = _layer_candidates(text)
+    b64_texts = [decoded for decoded in map(_b64, b64_runs) if decoded]
+    hex_texts = [decoded for decoded in (_hex_text(run[:len(run) - len(run) % 2]) for run in hex_runs)
+                 if decoded is not None]
+    return b64_texts, hex_texts, hex_possible
+
+
+def _hex_text(run: str) -> str | None:
+    """The text a run of hex digits (whole bytes) decodes to, when it is wholly printable."""
+    try:
+        decoded = bytes.fromhex(run).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return decoded if decoded.isprintable() else None
 
 
 def _layer_candidates(text: str) -> tuple[list[str], list[str], bool]:

@@ -1,0 +1,92 @@
+"""The native encoded-layer finder (tollgate/dlp/_layers.c) against its Python reference."""
+
+from __future__ import annotations
+
+import base64
+import random
+import sys
+
+import pytest
+
+from tollgate.dlp import content
+
+
+def test_the_native_finder_is_built():
+    # The install builds it (setup.py) wherever gcc and the Python headers are; without it
+    # the same layers are found in Python, several times slower. A build that silently
+    # failed would only show as a slow proxy: here it fails.
+    if not sys.platform.startswith("linux"):
+        pytest.skip("built and checked on Linux")
+    assert content._native_layers is not None, \
+        "tollgate/dlp/_layers.c was not built: install gcc and the Python headers, then reinstall (pip install -e .)"
+
+
+PIECES = ["hello world ", "4111 1111 1111 1111", "Müller ", "日本語", "\t", "\n", "\r", "\x00", "\x07", "\u200b",
+          "\x7f", "ab", "é", "\ud7ff", "😀", "user:secret@example.com"]
+
+
+def _piece(rng: random.Random) -> str:
+    """A piece of a text: encodings of text (accepted or not), binary, separators, words."""
+    raw = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12))).encode("utf-8")
+    kind = rng.random()
+    if kind < 0.25:
+        return base64.b64encode(raw).decode().rstrip("=" if rng.random() < 0.5 else "")
+    if kind < 0.35:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    if kind < 0.45:
+        return raw.hex() if rng.random() < 0.5 else raw.hex().upper()
+    if kind < 0.5:
+        return base64.b64encode(rng.randbytes(rng.randint(5, 40))).decode()
+    if kind < 0.55:
+        return rng.randbytes(rng.randint(10, 40)).hex()
+    if kind < 0.62:
+        return rng.choice([":", " ", "\n", "\u2003", "-"]).join(f"{b:02x}" for b in raw)
+    if kind < 0.7:
+        return rng.choice([" ", "\n", "=", ".", "é", "\ud800", "日", '"', "::"])
+    if kind < 0.8:
+        return "".join(rng.choice("Ab9+/_-") for _ in range(rng.randint(1, 20)))
+    return raw.decode()
+
+
+@pytest.mark.skipif(content._native_layers is None, reason="the native finder is not built (see the test above)")
+def test_native_and_python_find_the_same_layers():
+    rng = random.Random(11)
+    accepted = {"base64": 0, "base64 not ASCII": 0, "base64 not wholly printable": 0, "hex": 0,
+                "hex not ASCII": 0, "separated hex": 0}
+    for _ in range(30000):
+        text = "".join(_piece(rng) for _ in range(rng.randint(0, 8)))
+        native = content.encoded_layers(text)
+        assert native == content._encoded_layers_in_python(text), repr(text)
+        b64, hex_texts, separated = native
+        accepted["base64"] += len(b64)
+        accepted["base64 not ASCII"] += sum(not t.isascii() for t in b64)
+        accepted["base64 not wholly printable"] += sum(not t.isprintable() for t in b64)
+        accepted["hex"] += len(hex_texts)
+        accepted["hex not ASCII"] += sum(not t.isascii() for t in hex_texts)
+        accepted["separated hex"] += separated
+    # Every way a layer is accepted was exercised, not only rejections.
+    assert min(accepted.values()) > 100, accepted
+
+
+@pytest.mark.skipif(content._native_layers is None, reason="the native finder is not built (see the test above)")
+@pytest.mark.parametrize("text, b64, hex_texts", [
+    ("", [], []),
+    ("dXNlcjpodW50ZXIy", ["user:hunter2"], []),  # base64 of text: a layer
+    ("dXNlcjpodW50ZXIy" + "A", [], []),  # one longer than a multiple of four: not base64
+    ("AAECAwQFBgcICQoLDA0ODxAREhMU", [], []),  # binary: no layer
+    ("Content-Disposition", [], []),  # mixed case, decodes to bytes that are not text
+    ("ZGF0YQ==" * 1, [], []),  # 8 characters: shorter than a candidate
+    ("6d7953656372657450617373776f7264", [], ["mySecretPassword"]),
+    ("6d7953656372657450617373776f72640a", [], []),  # a newline: not wholly printable
+    ("SGVsbG8sIHdvcmxkIQ0KU2Vjb25kIGxpbmU", ["Hello, world!\r\nSecond line"], []),  # \r\n: 95% printable
+])
+def test_native_layers_examples(text, b64, hex_texts):
+    assert content.encoded_layers(text)[:2] == (b64, hex_texts)
+    assert content._encoded_layers_in_python(text)[:2] == (b64, hex_texts)
+
+
+@pytest.mark.skipif(content._native_layers is None, reason="the native finder is not built (see the test above)")
+def test_native_layers_take_only_bytes():
+    with pytest.raises(TypeError):
+        content._native_layers("text")
+    assert content._native_layers(bytearray(b"dXNlcjpodW50ZXIy"))[0] == ["user:hunter2"]
