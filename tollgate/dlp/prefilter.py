@@ -290,6 +290,7 @@ class Prefilter:
         self._local = threading.local()  # scratch space is per thread; scans run in worker threads
         self._ascii_local = threading.local()
         self._keywords_known = keyword_expressions is not None
+        self._keywords_of = {d: frozenset(own) for d, own in keywords_of.items() if own}
         for detector, _, _, _, ascii_pattern in compiled:
             if detector in locatable:  # every match end, not just "somewhere"
                 db = _database([ascii_pattern], [_ASCII_FLAGS & ~hyperscan.HS_FLAG_SINGLEMATCH])
@@ -326,6 +327,8 @@ class Prefilter:
                     lowered = data.lower()  # ASCII: caseless is lowercase
                     found.update(k for k, needle in self._searched_short if needle in lowered)
                 hits.update(d for d, words in self._by_keyword if not words.isdisjoint(found))
+                # A detector none of whose keywords occur does not run: no gate to refine.
+                hits.difference_update(d for d, words in self._keywords_of.items() if d in hits and words.isdisjoint(found))
             refine = hits & self._refinable
             if refine:
                 hits -= refine
