@@ -1,7 +1,8 @@
-"""The one native part: the encoded-layer finder of the DLP inspection (tollgate/dlp/_layers.c).
-Optional: where it cannot be built, tollgate/dlp/content.py runs the same in Python (slower)."""
+"""The native part of the DLP inspection (tollgate/dlp/_native.c): the encoded-layer finder
+and the number-shape gate. Optional: where it cannot be built, the same is done in Python and
+hyperscan, slower."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("tollgate.dlp._layers", ["tollgate/dlp/_layers.c"], optional=True,
+setup(ext_modules=[Extension("tollgate.dlp._native", ["tollgate/dlp/_native.c"], optional=True,
                              extra_compile_args=["-O3", "-Wall", "-Werror"])])

@@ -26,7 +26,7 @@ import zstandard
 from tollgate.dlp.prefilter import build as build_prefilter, build_trigger
 
 try:  # the native layer finder (setup.py builds it); the same result in Python without it
-    from tollgate.dlp._layers import encoded_layers as _native_layers
+    from tollgate.dlp._native import encoded_layers as _native_layers
 except ImportError:  # pragma: no cover - depends on the build
     _native_layers = None
 
@@ -380,7 +380,7 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
 
 def encoded_layers(text: str) -> tuple[list[str], list[str], bool]:
     """(the texts its base64 candidates decode to, the texts its hex runs decode to, whether
-    separated hex may occur): in one native pass where tollgate/dlp/_layers.c is built, else
+    separated hex may occur): in one native pass where tollgate/dlp/_native.c is built, else
     in Python, with the same result (a test checks it)."""
     if _native_layers is None:
         return _encoded_layers_in_python(text)

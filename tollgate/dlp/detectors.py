@@ -41,6 +41,10 @@ class Detector:
     max_length: int | None = None
     # Every match holds one of the keywords: with max_length, the regex runs only near them.
     keywords_inside: bool = False
+    # The native test (tollgate/dlp/_native.c number_shapes) that stands in for the pattern in
+    # the prefilter's pass over ASCII text: a wider condition, checked much faster than
+    # hyperscan runs a pattern that opens with a character class.
+    shape: str | None = None
 
 
 def _re(pattern: str, flags: int = 0) -> regex.Pattern:
@@ -109,13 +113,13 @@ BUILTIN: tuple[Detector, ...] = (
     # Not inside a longer token: digit runs in hashes, tracking numbers or ids are not cards.
     # At least 14 digits: no brand the validator knows has fewer (12- and 13-digit ids abound).
     Detector("payment_card", _re(r"(?<![\w-])(?:\d[ -]?){13,18}\d(?![\w-])"), validate=v.card_number, secret=False,
-             keywords=(DIGITS,), max_length=37),
+             keywords=(DIGITS,), max_length=37, shape="card"),
     Detector("iban", _re(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), validate=v.iban, secret=False,
-             keywords=(DIGITS,), max_length=43),
+             keywords=(DIGITS,), max_length=43, shape="iban"),
     Detector("us_ssn", _re(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), validate=v.us_ssn, secret=False, keywords=("-",),
-             max_length=11),
+             max_length=11, shape="ssn"),
     Detector("uk_nino", _re(r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"), validate=v.uk_nino,
-             secret=False, keywords=(DIGITS,), max_length=13),
+             secret=False, keywords=(DIGITS,), max_length=13, shape="nino"),
     Detector("uk_nhs_number", _re(r"(?<![\d-])\d{3}[ -]?\d{3}[ -]?\d{4}(?![\d-])"), validate=v.uk_nhs_number,
              context=("nhs",), secret=False, keywords=("nhs",), max_length=12),
     Detector("email", _re(r"\b[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}\b"), secret=False,

@@ -50,7 +50,8 @@ class Engine:
         keywords = tuple(sorted({k for d in detectors for k in d.keywords}))
         locatable = frozenset(d.id for d in detectors if d.max_length and not d.keywords_inside)
         self._multi = prefilters.build(tuple((d.id, d.pattern.pattern, bool(d.pattern.flags & regex.IGNORECASE),
-                                              d.context, d.keywords) for d in detectors), keywords, DIGITS, _DIGIT_RUN_ASCII, locatable) \
+                                              d.context, d.keywords, d.shape) for d in detectors),
+                                       keywords, DIGITS, _DIGIT_RUN_ASCII, locatable) \
             if prefilter else None
 
     @classmethod

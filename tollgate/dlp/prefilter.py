@@ -22,6 +22,11 @@ try:  # a binary wheel for x86-64 Linux; elsewhere the engine runs every detecto
     import hyperscan
 except ImportError:  # pragma: no cover - depends on the platform
     hyperscan = None
+try:  # built at install (setup.py); without it, those detectors' patterns go to hyperscan
+    from tollgate.dlp._native import number_shapes
+except ImportError:  # pragma: no cover - depends on the build
+    number_shapes = None
+SHAPE_BITS = {"card": 1, "ssn": 2, "iban": 4, "nino": 8}  # as number_shapes reports them
 
 _FLAGS = _ASCII_FLAGS = 0
 if hyperscan is not None:
@@ -128,6 +133,52 @@ def loosen(source: str, ascii_text: bool = False, lead: bool = True, edges: bool
     return "".join(out)
 
 
+_LEADING_CLASS = re.compile(r"(?:\[(?:\\.|[^\]\\])+\]|\\[wdsWDS])(?:\{\d+(?:,\d*)?\}|[+*?])?")
+# A literal character that must occur (no "?", "*" or "{" after it: those may repeat it zero times).
+_LITERAL_START = re.compile(r"(?:[^\[\](){}|?*+.^$\\]|\\[^wdsWDSbBpPxX0-9])(?![?*{])")
+
+
+def without_leading_classes(pattern: str) -> str:
+    """A wider pattern that hyperscan runs much faster: the character classes that open a
+    loosened pattern dropped, when a literal comes next (``[A-Za-z0-9._%+-]{1,}@...``
+    becomes ``@...``). A pattern with no anchor matches wherever its end does, so any text
+    it matches, the rest matches too. (An opening class makes hyperscan follow it at every
+    position; a literal lets it skip to the places that hold one.)"""
+    rest = pattern
+    while (lead := _LEADING_CLASS.match(rest)) is not None:
+        rest = rest[lead.end():]
+    if rest is pattern or "|" in _top_level(rest) or not _LITERAL_START.match(rest):
+        return pattern
+    return rest
+
+
+def _top_level(pattern: str) -> str:
+    """The pattern with every group and class taken out (to look for a top-level "|")."""
+    out, depth, i = [], 0, 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "[":
+            i = _skip_class(pattern, i)
+            continue
+        depth += ch == "("
+        if depth == 0:
+            out.append(ch)
+        depth -= ch == ")"
+        i += 1
+    return "".join(out)
+
+
+def _skip_class(pattern: str, i: int) -> int:
+    i += 2 if pattern.startswith("[^", i) else 1
+    i += pattern.startswith("]", i)  # a literal ] first in a class
+    while i < len(pattern) and pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return i + 1
+
+
 def _with_context(source: str, context: tuple[str, ...]) -> str:
     """The ASCII gate of a detector: its loosened pattern, preceded by one of its context
     words (caseless) within reach when it has them. The value must start the match (as in
@@ -199,7 +250,8 @@ class Prefilter:
     def __init__(self, patterns: Iterable[tuple], keywords: Iterable[str] = (),
                  digits_marker: str = "", digits_pattern: str = "", locatable: frozenset[str] = frozenset()):
         """``patterns``: (detector id, regex source, case-insensitive[, context words[, its
-        keywords]]).
+        keywords[, its native shape]]]). A detector with a shape (see SHAPE_BITS) is gated in
+        ASCII text by the native test of that name instead of a pattern in the pass.
         Case-insensitive patterns always run: Unicode case folding (the Kelvin sign is a k) is
         beyond ASCII mode. Context words (one must occur in the 64 characters before the value)
         join the pattern in the second ASCII pass: a number near "nhs", not any number.
@@ -227,18 +279,25 @@ class Prefilter:
         compiled: list[tuple[str, bytes, bytes, bytes, bytes]] = []
         context_words: dict[str, frozenset[str]] = {}
         keywords_of: dict[str, tuple[str, ...] | None] = {}
+        shapes: dict[str, int] = {}
+        gated: set[str] = set()
         for detector, source, caseless, *rest in patterns:
             context = rest[0] if rest else ()
             keywords_of[detector] = rest[1] if len(rest) > 1 else None  # None: not told
+            if len(rest) > 2 and rest[2] and number_shapes is not None:
+                shapes[detector] = SHAPE_BITS[rest[2]]
             source = source.removeprefix("(?-f)")  # case folding is moot: caseless patterns always run
             if context and _context_applies(source, context):
                 context_words[detector] = frozenset(context)
             try:
-                loose = None if caseless or "(?i" in source else \
-                    (loosen(source), loosen(source, ascii_text=True, edges=False),
-                     _with_context(source, context), loosen(source, ascii_text=True))
+                edgeless = None if caseless or "(?i" in source else loosen(source, ascii_text=True, edges=False)
+                loose = None if edgeless is None else \
+                    (loosen(source), without_leading_classes(edgeless), _with_context(source, context),
+                     loosen(source, ascii_text=True))
             except ValueError:
                 loose = None
+            if loose is not None and loose[2] != edgeless:  # the tight gate says more than the fast pattern
+                gated.add(detector)
             if loose is not None and _compiles(loose[0], _FLAGS) and all(_compiles(p, _ASCII_FLAGS) for p in loose[1:]):
                 compiled.append((detector, *(p.encode() for p in loose)))
             else:
@@ -275,13 +334,14 @@ class Prefilter:
         long_runs = {d for d, _, fast, _, _ in compiled if _LONG_REPEAT in fast}
         self._by_keyword = [(d, words) for d, words in context_words.items() if words <= known and d in long_runs]
         by_keyword = {d for d, _ in self._by_keyword}
-        tight = [(d, gate) for d, _, fast, gate, _ in compiled if gate != fast or d in by_keyword]
+        self._shapes = {d: bit for d, bit in shapes.items() if d in self._ids}
+        tight = [(d, gate) for d, _, _, gate, _ in compiled if (d in gated or d in by_keyword) and d not in self._shapes]
         self._tight_ids = [d for d, _ in tight]
         self._refinable = frozenset(self._tight_ids)
         if tight:
             self._tight_db = _database([gate for _, gate in tight], [_ASCII_FLAGS] * len(tight))
             self._tight_scratch, self._tight_local = hyperscan.Scratch(self._tight_db), threading.local()
-        fast = [(d, p) for d, _, p, _, _ in compiled if d not in by_keyword]
+        fast = [(d, p) for d, _, p, _, _ in compiled if d not in by_keyword and d not in self._shapes]
         self._ascii_ids = [d for d, _ in fast]
         self._ascii_db = _database([p for _, p in fast] + [e for _, e, _ in keyword_expressions or []],
                                    [_ASCII_FLAGS] * len(fast) + [f for _, _, f in keyword_expressions or []])
@@ -321,6 +381,10 @@ class Prefilter:
 
             data = text.encode("ascii")
             _scan(self._ascii_db, self._ascii_scratch, self._ascii_local, data, on_ascii_match)
+            if self._shapes:
+                shapes = number_shapes(data)
+                if shapes:
+                    hits.update(d for d, bit in self._shapes.items() if shapes & bit)
             if self._keywords_known:
                 found.update(self._assumed_short)
                 if self._searched_short:

@@ -1,4 +1,4 @@
-"""The native encoded-layer finder (tollgate/dlp/_layers.c) against its Python reference."""
+"""The native encoded-layer finder (tollgate/dlp/_native.c) against its Python reference."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_the_native_finder_is_built():
     if not sys.platform.startswith("linux"):
         pytest.skip("built and checked on Linux")
     assert content._native_layers is not None, \
-        "tollgate/dlp/_layers.c was not built: install gcc and the Python headers, then reinstall (pip install -e .)"
+        "tollgate/dlp/_native.c was not built: install gcc and the Python headers, then reinstall (pip install -e .)"
 
 
 PIECES = ["hello world ", "4111 1111 1111 1111", "Müller ", "日本語", "\t", "\n", "\r", "\x00", "\x07", "\u200b",
@@ -90,3 +90,49 @@ def test_native_layers_take_only_bytes():
     with pytest.raises(TypeError):
         content._native_layers("text")
     assert content._native_layers(bytearray(b"dXNlcjpodW50ZXIy"))[0] == ["user:hunter2"]
+
+
+@pytest.mark.skipif(content._native_layers is None, reason="the native module is not built (see the first test)")
+@pytest.mark.parametrize("detector_id", ["payment_card", "us_ssn", "iban", "uk_nino"])
+def test_a_number_shape_fires_wherever_its_detector_matches(detector_id):
+    """number_shapes stands in for the detector's pattern in the prefilter (ASCII text): it
+    may fire where the regex finds nothing, never the other way round."""
+    from tollgate.dlp._native import number_shapes
+    from tollgate.dlp.detectors import BUILTIN
+    from tollgate.dlp.prefilter import SHAPE_BITS
+
+    detector = next(d for d in BUILTIN if d.id == detector_id)
+    bit = SHAPE_BITS[detector.shape]
+    rng = random.Random(detector_id)
+    # Pieces near the shapes: digits, capitals, the separators and boundaries they care about.
+    pieces = ["4111", "1111", "0", "12", "123", "-", " ", "  ", "GB", "AB", "QQ", "D", "x", "_", "/", "+", '"', ":",
+              "\n", "é", "GB82 WEST 1234 5698 7654 32", "123-45-6789", "4111 1111 1111 1111", "AB123456C"]
+    matched = 0
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 14)))
+        data = text.encode("ascii", "ignore")
+        ascii_text = data.decode()
+        if detector.pattern.search(ascii_text):
+            matched += 1
+            assert number_shapes(data) & bit, repr(ascii_text)
+    assert matched > 500, matched  # the generator makes real matches
+
+
+@pytest.mark.skipif(content._native_layers is None, reason="the native module is not built (see the first test)")
+def test_number_shapes_examples():
+    from tollgate.dlp._native import number_shapes
+    from tollgate.dlp.prefilter import SHAPE_BITS as S
+
+    assert number_shapes(b"") == 0
+    assert number_shapes(b'{"card": "4111 1111 1111 1111"}') == S["card"]
+    assert number_shapes(b"4111111111111111") == S["card"]  # at the very start and end
+    assert number_shapes(b'{"tracking": "1Z9511827059713117"}') == 0  # digits inside a longer token
+    assert number_shapes(b'{"id": "41111111111111111111"}') == 0  # 20 digits: longer than any card
+    assert number_shapes(b"ssn=123-45-6789;") == S["ssn"]
+    assert number_shapes(b"ssn=123-45-67890") == 0
+    assert number_shapes(b"iban: GB82 WEST 1234 5698 7654 32") & S["iban"]
+    assert number_shapes(b"nino AB 12 34 56 C.") & S["nino"]
+    assert number_shapes(b"xAB123456C") == 0  # not at a word boundary
+    # Every 16-byte block position, for the vector scan.
+    for pad in range(40):
+        assert number_shapes(b"a" * pad + b" 4111-1111-1111-1111 " + b"b" * pad) == S["card"], pad

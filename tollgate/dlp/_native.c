@@ -1,11 +1,13 @@
-/* The encoded layers of a text, found and decoded in one native pass.
- *
- * The same result as tollgate/dlp/content.py's `_layers_in_python` (the reference, and the
- * fallback where this module is not built); a test checks the two agree. Python spent most
- * of a clean request's inspection here: an ordinary body holds dozens of runs of base64
- * characters (words, ids, image data), and each cost a loop turn, a decode and a check.
+/* The two native parts of a DLP inspection, each one pass over a text's bytes:
  *
  *   encoded_layers(data: bytes) -> (base64_texts, hex_texts, separated_hex_possible)
+ *   number_shapes(data: bytes) -> int
+ *
+ * encoded_layers gives the same result as tollgate/dlp/content.py's
+ * `_encoded_layers_in_python` (the reference, and the fallback where this module is not
+ * built); a test checks the two agree. Python spent most of a clean request's inspection
+ * there: an ordinary body holds dozens of runs of base64 characters (words, ids, image
+ * data), and each cost a loop turn, a decode and a check.
  *
  * data: the text as UTF-8 (bytes >= 0x80 are separators, as non-ASCII characters are).
  * base64_texts: each maximal run of base64 characters at least 12 long that mixes upper and
@@ -14,9 +16,17 @@
  *   any case, cut to whole bytes, that decodes to wholly printable UTF-8 text.
  * separated_hex_possible: whether "aa(?: aa){15}" occurs in the text masked to "a" for a
  *   base64 character and " " for any other byte (a superset of separated hex in ASCII text).
+ *
+ * number_shapes: for ASCII text, a bit for each number detector whose regex may match (see
+ * SHAPE_* below): the prefilter's gate for them. In hyperscan each of these patterns, which
+ * open with a character class and no literal, cost about as much as all the others
+ * together (a card number's leading boundary most of all).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define B64_MIN_RUN 12
 #define HEX_MIN_RUN 32
@@ -259,19 +269,197 @@ done:
     return result;
 }
 
+/* --- number shapes ---------------------------------------------------------------------
+ * Each test is a superset of a built-in detector's regex (tollgate/dlp/detectors.py) on
+ * ASCII text, where \w is [A-Za-z0-9_]; a test checks them against the regexes. */
+
+enum { SHAPE_CARD = 1, SHAPE_SSN = 2, SHAPE_IBAN = 4, SHAPE_NINO = 8, SHAPE_ALL = 15 };
+
+static int is_digit(const unsigned char *t, Py_ssize_t n, Py_ssize_t i) { return i < n && t[i] >= '0' && t[i] <= '9'; }
+static int is_upper(const unsigned char *t, Py_ssize_t n, Py_ssize_t i) { return i < n && t[i] >= 'A' && t[i] <= 'Z'; }
+static int is_word(unsigned char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; }
+
+/* payment_card, from a digit not preceded by [\w-]: (?:\d[ -]?){13,18}\d(?![\w-]). Exact. */
+static int card_at(const unsigned char *t, Py_ssize_t n, Py_ssize_t p)
+{
+    int digits = 0;
+    for (Py_ssize_t q = p; is_digit(t, n, q);) {
+        digits++;
+        q++;
+        if (digits >= 14 && (q == n || !(is_word(t[q]) || t[q] == '-')))
+            return 1;
+        if (digits == 19)
+            return 0;
+        if (q < n && (t[q] == ' ' || t[q] == '-'))
+            q++; /* one separator, then a digit must follow */
+    }
+    return 0;
+}
+
+/* us_ssn, around its first dash at q: (?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-]). Exact. */
+static int ssn_around(const unsigned char *t, Py_ssize_t n, Py_ssize_t q)
+{
+    static const char shape[] = "ddd-dd-dddd";
+    Py_ssize_t p = q - 3;
+    if (p < 0 || p + 11 > n)
+        return 0;
+    for (int k = 0; k < 11; k++)
+        if (shape[k] == 'd' ? !is_digit(t, n, p + k) : t[p + k] != '-')
+            return 0;
+    return (p == 0 || !(is_digit(t, n, p - 1) || t[p - 1] == '-'))
+        && (p + 11 == n || !(is_digit(t, n, p + 11) || t[p + 11] == '-'));
+}
+
+/* iban, from an upper-case letter at a word boundary: [A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2}
+ * (the regex's further groups and closing \b left out: wider). */
+static int iban_at(const unsigned char *t, Py_ssize_t n, Py_ssize_t p)
+{
+    if (!is_upper(t, n, p + 1) || !is_digit(t, n, p + 2) || !is_digit(t, n, p + 3))
+        return 0;
+    Py_ssize_t q = p + 4;
+    for (int group = 0; group < 2; group++) {
+        if (q < n && t[q] == ' ')
+            q++;
+        for (int k = 0; k < 4; k++, q++)
+            if (!is_upper(t, n, q) && !is_digit(t, n, q))
+                return 0;
+    }
+    return 1;
+}
+
+/* uk_nino, from an upper-case letter at a word boundary: [A-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b
+ * (any two letters: wider than the regex's classes). */
+static int nino_at(const unsigned char *t, Py_ssize_t n, Py_ssize_t p)
+{
+    if (!is_upper(t, n, p + 1))
+        return 0;
+    Py_ssize_t q = p + 2;
+    for (int pair = 0; pair < 3; pair++, q += 2) {
+        if (q < n && t[q] == ' ')
+            q++;
+        if (!is_digit(t, n, q) || !is_digit(t, n, q + 1))
+            return 0;
+    }
+    if (q < n && t[q] == ' ')
+        q++;
+    if (q >= n || t[q] < 'A' || t[q] > 'D')
+        return 0;
+    return q + 1 == n || !is_word(t[q + 1]);
+}
+
+/* Where a shape may start, from the classes of a character and the one before it. */
+enum { C_OTHER, C_DIGIT, C_UPPER, C_WORD, C_DASH, C_CLASSES };
+static unsigned char char_class[256];
+enum { START_CARD = 1, START_UPPER = 2 };
+/* [a byte, and the one after it as the high byte]: which shape may start at the second. One
+ * lookup per position, independent of the last (a chain of lookups from one byte to the next
+ * makes each wait for the one before). */
+static unsigned char pair_starts[65536];
+
+static void init_shape_tables(void)
+{
+    for (int c = 0; c < 256; c++)
+        char_class[c] = c >= '0' && c <= '9' ? C_DIGIT : c >= 'A' && c <= 'Z' ? C_UPPER
+                      : (c >= 'a' && c <= 'z') || c == '_' ? C_WORD : c == '-' ? C_DASH : C_OTHER;
+    /* A card: a digit not after [\w-]. An IBAN or NINO: an upper-case letter not after \w. */
+    for (int before = 0; before < 256; before++)
+        for (int c = 0; c < 256; c++) {
+            int b = char_class[before], k = char_class[c];
+            pair_starts[before | c << 8] = b == C_OTHER && k == C_DIGIT ? START_CARD
+                : (b == C_OTHER || b == C_DASH) && k == C_UPPER ? START_UPPER : 0;
+        }
+}
+
+static unsigned char start_at(const unsigned char *t, Py_ssize_t p)
+{
+    if (p == 0) /* the start of the text is a boundary */
+        return pair_starts[' ' | t[0] << 8];
+    uint16_t pair;
+    memcpy(&pair, t + p - 1, 2);
+#if PY_BIG_ENDIAN
+    pair = (uint16_t)(pair >> 8 | pair << 8);
+#endif
+    return pair_starts[pair];
+}
+
+#ifdef __SSE2__
+/* Bit i set: a shape may start at t[p + i] (16 bytes from p >= 1): a digit not after [\w-],
+ * or an upper-case letter not after \w. Most 16-byte blocks of text have none. */
+static unsigned int starts_in_block(const unsigned char *t, Py_ssize_t p)
+{
+    __m128i here = _mm_loadu_si128((const __m128i *)(t + p)), before = _mm_loadu_si128((const __m128i *)(t + p - 1));
+#define IN(v, lo, hi) _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8((lo) - 1)), _mm_cmplt_epi8(v, _mm_set1_epi8((hi) + 1)))
+    __m128i digit = IN(here, '0', '9'), upper = IN(here, 'A', 'Z');
+    __m128i word_before = _mm_or_si128(_mm_or_si128(IN(before, '0', '9'), IN(before, 'A', 'Z')),
+                                       _mm_or_si128(IN(before, 'a', 'z'), _mm_cmpeq_epi8(before, _mm_set1_epi8('_'))));
+    __m128i dash_before = _mm_cmpeq_epi8(before, _mm_set1_epi8('-'));
+#undef IN
+    /* Signed compares: bytes >= 0x80 are negative, neither digits nor letters, as wanted. */
+    __m128i card = _mm_andnot_si128(_mm_or_si128(word_before, dash_before), digit);
+    __m128i letter = _mm_andnot_si128(word_before, upper);
+    return (unsigned int)_mm_movemask_epi8(_mm_or_si128(card, letter));
+}
+#endif
+
+/* The shapes that may start at p, added to found. */
+static long shapes_at(const unsigned char *t, Py_ssize_t n, Py_ssize_t p, long found)
+{
+    unsigned char start = start_at(t, p);
+    if (start == START_CARD && !(found & SHAPE_CARD) && card_at(t, n, p))
+        found |= SHAPE_CARD;
+    if (start == START_UPPER) {
+        if (!(found & SHAPE_IBAN) && iban_at(t, n, p))
+            found |= SHAPE_IBAN;
+        if (!(found & SHAPE_NINO) && nino_at(t, n, p))
+            found |= SHAPE_NINO;
+    }
+    return found;
+}
+
+static PyObject *number_shapes(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *t = view.buf;
+    Py_ssize_t n = view.len;
+    long found = 0;
+    const long by_start = SHAPE_CARD | SHAPE_IBAN | SHAPE_NINO;
+    Py_ssize_t p = 0;
+#ifdef __SSE2__
+    if (n > 0)
+        found = shapes_at(t, n, p++, found);
+    for (; p + 16 <= n && found != by_start; p += 16)
+        for (unsigned int bits = starts_in_block(t, p); bits; bits &= bits - 1)
+            found = shapes_at(t, n, p + __builtin_ctz(bits), found);
+#endif
+    for (; p < n && found != by_start; p++)
+        found = shapes_at(t, n, p, found);
+    /* SSNs from their dashes: rarer than the digits they could start at (hex, base64). */
+    for (const unsigned char *dash = memchr(t, '-', n); dash != NULL && !(found & SHAPE_SSN);
+         dash = memchr(dash + 1, '-', n - (dash + 1 - t)))
+        if (ssn_around(t, n, dash - t))
+            found |= SHAPE_SSN;
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(found);
+}
+
 static PyMethodDef methods[] = {
     {"encoded_layers", encoded_layers, METH_O,
      "encoded_layers(data: bytes) -> (base64_texts, hex_texts, separated_hex_possible)"},
+    {"number_shapes", number_shapes, METH_O,
+     "number_shapes(data: bytes) -> int: a bit for each number detector that may match ASCII text"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "tollgate.dlp._layers",
-    "The encoded layers of a text, found and decoded in one native pass.", -1, methods,
+    PyModuleDef_HEAD_INIT, "tollgate.dlp._native",
+    "The native parts of a DLP inspection: encoded layers and number shapes.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__layers(void)
+PyMODINIT_FUNC PyInit__native(void)
 {
     init_tables();
+    init_shape_tables();
     return PyModule_Create(&module);
 }
