@@ -136,3 +136,17 @@ def test_number_shapes_examples():
     # Every 16-byte block position, for the vector scan.
     for pad in range(40):
         assert number_shapes(b"a" * pad + b" 4111-1111-1111-1111 " + b"b" * pad) == S["card"], pad
+
+
+@pytest.mark.skipif(content._native_layers is None, reason="the native module is not built (see the first test)")
+def test_runs_read_sixteen_bytes_at_a_time_give_the_same_layers():
+    # Long runs are read in blocks of 16: a hex run or a base64 run of text starting and
+    # ending at every offset of a block, inside longer runs of base64 characters.
+    hex_text = b"my secret is card 4111 1111 1111 1111".hex()
+    b64_text = base64.b64encode(b"user: ann@example.com, key: sk_live_abcdefghijklmnop").decode()
+    for before in range(0, 40):
+        for after in (0, 1, 7, 16, 33):
+            for middle in (hex_text, hex_text.upper(), b64_text, hex_text[:33], hex_text[:31]):
+                for left, right in (("Zq" * 40, "Zq" * 40), ("", ""), ("x", "y")):
+                    text = " " + left[:before] + middle + right[:after] + " "
+                    assert content.encoded_layers(text) == content._encoded_layers_in_python(text), (before, after, middle)

@@ -26,6 +26,9 @@
 #include <Python.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
+/* Bytes of v in lo..hi, as 0xff (signed compares: bytes >= 0x80 are negative, in no range). */
+#define IN(v, lo, hi) _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8((lo) - 1)), _mm_cmplt_epi8(v, _mm_set1_epi8((hi) + 1)))
+#define IS(v, c) _mm_cmpeq_epi8(v, _mm_set1_epi8(c))
 #endif
 
 #define B64_MIN_RUN 12
@@ -172,11 +175,12 @@ static int base64_layer(const unsigned char *run, Py_ssize_t n, unsigned char *b
 {
     if (n % 4 == 1)
         return 0;
-    /* More than 5% control bytes fail decode_layer_text's test: stop decoding there
-     * (binary data such as images fails within a few bytes). */
+    /* Stop decoding where decode_layer_text's test is sure to fail: more than 5% control
+     * bytes, or bytes that cannot be UTF-8 (binary data such as images: within a few bytes
+     * of the first byte >= 0x80). `need`: the continuation bytes still due. */
     Py_ssize_t total = n * 6 / 8, controls = 0, produced = 0;
     unsigned int acc = 0;
-    int bits = 0;
+    int bits = 0, need = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         acc = (acc << 6) | (unsigned int)b64_value[run[i]];
         bits += 6;
@@ -187,6 +191,15 @@ static int base64_layer(const unsigned char *run, Py_ssize_t n, unsigned char *b
             buf[produced++] = byte;
             if ((byte_class[byte] & CONTROL) && ++controls * 20 > total)
                 return 0;
+            if (need > 0) {
+                if ((byte & 0xc0) != 0x80)
+                    return 0;
+                need--;
+            } else if (byte >= 0x80) {
+                need = byte >= 0xc2 && byte <= 0xdf ? 1 : byte >= 0xe0 && byte <= 0xef ? 2 : byte >= 0xf0 && byte <= 0xf4 ? 3 : -1;
+                if (need < 0)
+                    return 0;
+            }
         }
     }
     PyObject *text = decode_layer_text(buf, produced, 1);
@@ -194,6 +207,37 @@ static int base64_layer(const unsigned char *run, Py_ssize_t n, unsigned char *b
         return PyErr_Occurred() ? -1 : 0;
     return append_new(out, text);
 }
+
+#ifdef __SSE2__
+/* 16 bytes of a long base64 run at once: 0 when not all are base64 characters, else 1 with
+ * the case bits seen added to *cases and *hex_length carried through them (a hex run that
+ * ends inside, if long enough, passed to hex_layer). -1 on error. */
+static int hex_layer(const unsigned char *run, Py_ssize_t n, unsigned char *buf, PyObject *out);
+
+static int base64_block(const unsigned char *data, Py_ssize_t i, unsigned char *cases, Py_ssize_t *hex_length,
+                        unsigned char *buf, PyObject *hex)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)(data + i));
+    __m128i digit = IN(v, '0', '9'), upper = IN(v, 'A', 'Z'), lower = IN(v, 'a', 'z');
+    __m128i base64 = _mm_or_si128(_mm_or_si128(digit, _mm_or_si128(upper, lower)),
+                                  _mm_or_si128(_mm_or_si128(IS(v, '+'), IS(v, '/')), _mm_or_si128(IS(v, '-'), IS(v, '_'))));
+    if (_mm_movemask_epi8(base64) != 0xffff)
+        return 0;
+    *cases |= (_mm_movemask_epi8(upper) ? UPPER : 0) | (_mm_movemask_epi8(lower) ? LOWER : 0);
+    unsigned int hex_bits = (unsigned int)_mm_movemask_epi8(_mm_or_si128(digit, _mm_or_si128(IN(v, 'a', 'f'), IN(v, 'A', 'F'))));
+    if (hex_bits == 0xffff) {
+        *hex_length += 16;
+        return 1;
+    }
+    int lead = __builtin_ctz(~hex_bits); /* hex bytes that carry on the run before the block */
+    *hex_length += lead;
+    if (*hex_length >= HEX_MIN_RUN && hex_layer(data + i + lead - *hex_length, *hex_length, buf, hex) < 0)
+        return -1;
+    /* Runs inside the block are shorter than HEX_MIN_RUN; the one at its end carries on. */
+    *hex_length = __builtin_clz(~(hex_bits << 16));
+    return 1;
+}
+#endif
 
 /* A run of hex digits: the text it decodes to (whole bytes), appended to `out` when it is
  * wholly printable. */
@@ -237,17 +281,34 @@ static PyObject *encoded_layers(PyObject *module, PyObject *arg)
             continue;
         }
         /* A base64 run, and the runs of hex digits inside it. */
-        Py_ssize_t start = i, hex_length = 0;
+        Py_ssize_t start = i, hex_length = 0, blocks_from = i + 16;
         unsigned char cases = 0;
         for (; i < n; i++) {
+#ifdef __SSE2__
+            /* In a long run (image data), whole blocks of 16 while they last. */
+            while (i >= blocks_from && i + 16 <= n) {
+                int whole = base64_block(data, i, &cases, &hex_length, buf, hex);
+                if (whole < 0)
+                    goto done;
+                if (!whole) {
+                    blocks_from = i + 16; /* the run ends in this block */
+                    break;
+                }
+                i += 16;
+            }
+            if (i >= n)
+                break;
+#endif
             unsigned char class = byte_class[data[i]];
             if (!(class & BASE64))
                 break;
             cases |= class;
+            /* No branch on whether this is a hex digit: hex digits and other letters alternate. */
             Py_ssize_t is_hex = (class & HEX) != 0;
-            if (hex_length >= HEX_MIN_RUN && !is_hex && hex_layer(data + i - hex_length, hex_length, buf, hex) < 0)
+            int ended = (hex_length >= HEX_MIN_RUN) & !is_hex; /* rare */
+            if (__builtin_expect(ended, 0) && hex_layer(data + i - hex_length, hex_length, buf, hex) < 0)
                 goto done;
-            hex_length = (hex_length + 1) & -is_hex; /* no branch: hex and other letters alternate */
+            hex_length = (hex_length + 1) & -is_hex;
         }
         if (hex_length >= HEX_MIN_RUN && hex_layer(data + i - hex_length, hex_length, buf, hex) < 0)
             goto done;
@@ -388,13 +449,10 @@ static unsigned char start_at(const unsigned char *t, Py_ssize_t p)
 static unsigned int starts_in_block(const unsigned char *t, Py_ssize_t p)
 {
     __m128i here = _mm_loadu_si128((const __m128i *)(t + p)), before = _mm_loadu_si128((const __m128i *)(t + p - 1));
-#define IN(v, lo, hi) _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8((lo) - 1)), _mm_cmplt_epi8(v, _mm_set1_epi8((hi) + 1)))
     __m128i digit = IN(here, '0', '9'), upper = IN(here, 'A', 'Z');
     __m128i word_before = _mm_or_si128(_mm_or_si128(IN(before, '0', '9'), IN(before, 'A', 'Z')),
-                                       _mm_or_si128(IN(before, 'a', 'z'), _mm_cmpeq_epi8(before, _mm_set1_epi8('_'))));
-    __m128i dash_before = _mm_cmpeq_epi8(before, _mm_set1_epi8('-'));
-#undef IN
-    /* Signed compares: bytes >= 0x80 are negative, neither digits nor letters, as wanted. */
+                                       _mm_or_si128(IN(before, 'a', 'z'), IS(before, '_')));
+    __m128i dash_before = IS(before, '-');
     __m128i card = _mm_andnot_si128(_mm_or_si128(word_before, dash_before), digit);
     __m128i letter = _mm_andnot_si128(word_before, upper);
     return (unsigned int)_mm_movemask_epi8(_mm_or_si128(card, letter));

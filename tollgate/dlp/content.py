@@ -366,7 +366,7 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
     text = slot.text
     if "%" in text and _PERCENT.search(text):
         found.append(Slot(slot.where, unquote(text), slot.layers + ("percent",)))
-    if "&" in text and _ENTITY.search(text):
+    if "&" in text and ";" in text and _ENTITY.search(text):
         found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
     b64_texts, hex_texts, hex_possible = encoded_layers(text)
     found.extend(Slot(slot.where, decoded, slot.layers + ("base64",)) for decoded in b64_texts)

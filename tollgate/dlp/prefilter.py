@@ -314,9 +314,13 @@ class Prefilter:
         searched = {k for d, own in keywords_of.items() if d in self.always or own is None
                     for k in (keywords if own is None else own)}
         self._searched_short = [(k, k.lower().encode()) for k, _ in self._short_keywords if k in searched]
-        self._assumed_short = frozenset(k for k, _ in self._short_keywords if k not in searched)
-        keyword_expressions = _keyword_expressions([k for k in keywords if len(k) > 2 or k == digits_marker],
-                                                   digits_marker, digits_pattern)
+        # So is the digit run (a pattern that opens with a class: it slows the pass), which only
+        # number detectors ask for, and their own gate in the pass needs digits.
+        assume_digits = digits_marker in keywords and digits_marker not in searched
+        self._assumed_short = frozenset(k for k, _ in self._short_keywords if k not in searched) \
+            | ({digits_marker} if assume_digits else set())
+        keyword_expressions = _keyword_expressions(
+            [k for k in keywords if len(k) > 2 or (k == digits_marker and not assume_digits)], digits_marker, digits_pattern)
         if any(not k.isascii() for k, _ in self._short_keywords):
             keyword_expressions = None
         if keyword_expressions is not None:
@@ -392,7 +396,7 @@ class Prefilter:
                     found.update(k for k, needle in self._searched_short if needle in lowered)
                 hits.update(d for d, words in self._by_keyword if not words.isdisjoint(found))
                 # A detector none of whose keywords occur does not run: no gate to refine.
-                hits.difference_update(d for d, words in self._keywords_of.items() if d in hits and words.isdisjoint(found))
+                hits.difference_update([d for d in hits if d in self._keywords_of and self._keywords_of[d].isdisjoint(found)])
             refine = hits & self._refinable
             if refine:
                 hits -= refine
