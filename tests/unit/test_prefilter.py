@@ -339,11 +339,19 @@ def test_most_of_the_benign_corpus_is_clean_at_a_glance():
 
 
 @pytest.mark.skipif(not WITH._multi.active, reason="hyperscan is not available on this platform")
-def test_short_keywords_are_searched_only_for_detectors_the_database_cannot_take():
-    # "sk", "@", "+", "-": every built-in detector with one is in the database, whose pattern
-    # is the stronger condition, so the keyword is reported without a search.
-    assert WITH._multi._searched_short == []
-    assert "sk" in WITH._multi.scan("nothing here").keywords
+def test_keywords_are_searched_only_for_detectors_the_database_cannot_take():
+    # "sk", "@", "ghp_", "://": every built-in detector with one is in the database, whose
+    # pattern is the stronger condition, so the keyword is reported without a search.
+    gate = WITH._multi
+    if not gate.active:
+        pytest.skip("hyperscan not available")
+    assert gate._searched_short == []
+    assert {"sk", "ghp_", "://", "sk_live"} <= gate.scan("nothing here").keywords
+    # generic_secret (caseless: beyond the database) and the context words of NHS numbers and
+    # AWS secret keys (kept out of the fast pass) are searched.
+    assert {"token", "passw", "secret", "nhs", "aws"} <= set(gate._keywords)
+    assert not {"token", "nhs", "aws"} & gate.scan("nothing here").keywords
+    assert {"token", "nhs"} <= gate.scan("a token and an NHS number").keywords
     # A detector hyperscan cannot take (\p{L}) runs whenever its keyword occurs: searched.
     p = prefilter.Prefilter([("custom", r"\p{L}zq\d", False, (), ("zq",)), ("digits", r"\d{4}", False, (), ("ab",))],
                             ("ab", "zq"))

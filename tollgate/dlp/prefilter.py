@@ -40,7 +40,6 @@ _NON_ASCII = r"\x{80}-\x{10FFFF}"
 _ASCII_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f "
 _PY_ONLY_SPACE = r"\x1c-\x1f"  # in Python's \s, not in PCRE's
 _MAX_REPEAT = 32
-_LONG_REPEAT = b"{%d,}" % _MAX_REPEAT  # how `loosen` writes every repeat above _MAX_REPEAT
 
 
 def loosen(source: str, ascii_text: bool = False, lead: bool = True, edges: bool = True) -> str:
@@ -303,40 +302,33 @@ class Prefilter:
             else:
                 self.always.add(detector)
         keywords = list(keywords)
-        # Keywords of one or two characters ("@", "sk") occur everywhere: in the database they
-        # slow the whole pass several times over, while `in` finds each of their few ASCII
-        # case forms at memory speed.
-        self._short_keywords = [(k, _case_forms(k)) for k in keywords if len(k) <= 2 and k != digits_marker]
-        # Only a detector the database cannot take needs them searched. For the others the
-        # pattern in the pass is the stronger condition ("SK" and 32 hex digits, not any "sk"),
-        # so the keyword is reported present without a search: a two-character `in` over
-        # 64 KB that finds nothing takes 0.05 ms per case form.
+        keywords_known = all(k.isascii() for k in keywords)  # ASCII caseless = str.lower() only there
+        # A detector with context words that are all keywords (NHS numbers, AWS secret keys)
+        # stays out of the fast pass: the keywords found there tell whether its tight gate (a
+        # word within reach of the value) is worth a look.
+        self._by_keyword = [(d, words) for d, words in context_words.items()
+                            if keywords_known and words <= set(keywords)]
+        # Only a detector the database cannot take, and those gated by their context words,
+        # need keywords searched. For the others the pattern in the pass is the stronger
+        # condition ("sk_live_" and 10 more, not any "sk_live"; "SK" and 32 hex digits, not any
+        # "sk"), so their keywords are reported present without a search: fewer literals make
+        # a faster pass, and a two-character `in` over 64 KB that finds nothing takes 0.05 ms.
         searched = {k for d, own in keywords_of.items() if d in self.always or own is None
-                    for k in (keywords if own is None else own)}
-        self._searched_short = [(k, k.lower().encode()) for k, _ in self._short_keywords if k in searched]
-        # So is the digit run (a pattern that opens with a class: it slows the pass), which only
-        # number detectors ask for, and their own gate in the pass needs digits.
-        assume_digits = digits_marker in keywords and digits_marker not in searched
-        self._assumed_short = frozenset(k for k, _ in self._short_keywords if k not in searched) \
-            | ({digits_marker} if assume_digits else set())
+                    for k in (keywords if own is None else own)} | {w for _, words in self._by_keyword for w in words}
+        self._assumed = frozenset(k for k in keywords if k not in searched)
+        # Searched keywords of one or two characters ("@") are found with `in`: in the
+        # database they slow the whole pass several times over.
+        self._searched_short = [(k, k.lower().encode()) for k in keywords
+                                if k in searched and len(k) <= 2 and k != digits_marker]
         keyword_expressions = _keyword_expressions(
-            [k for k in keywords if len(k) > 2 or (k == digits_marker and not assume_digits)], digits_marker, digits_pattern)
-        if any(not k.isascii() for k, _ in self._short_keywords):
-            keyword_expressions = None
+            [k for k in keywords if k in searched and (len(k) > 2 or k == digits_marker)], digits_marker, digits_pattern) \
+            if keywords_known else None
         if keyword_expressions is not None:
             self._keywords = [k for k, _, _ in keyword_expressions]
         if not compiled:
             return
         self._ids = [d for d, *_ in compiled]
         self._db = _database([p for _, p, _, _, _ in compiled], [_FLAGS] * len(compiled))
-        # A long open-ended run (AWS secret keys: any 40 base64 characters) is a third of the
-        # fast pass over ordinary text. When its detector's context words are all keywords,
-        # it stays out of the fast pass: the keywords found there tell whether its tight gate
-        # (a word within reach of the value) is worth a look. (Only such patterns: taking out
-        # a cheap one, such as NHS numbers', made hyperscan build a slower database.)
-        known = set(self._keywords) | {k for k, _ in self._short_keywords} if keyword_expressions is not None else set()
-        long_runs = {d for d, _, fast, _, _ in compiled if _LONG_REPEAT in fast}
-        self._by_keyword = [(d, words) for d, words in context_words.items() if words <= known and d in long_runs]
         by_keyword = {d for d, _ in self._by_keyword}
         self._shapes = {d: bit for d, bit in shapes.items() if d in self._ids}
         tight = [(d, gate) for d, _, _, gate, _ in compiled if (d in gated or d in by_keyword) and d not in self._shapes]
@@ -390,7 +382,7 @@ class Prefilter:
                 if shapes:
                     hits.update(d for d, bit in self._shapes.items() if shapes & bit)
             if self._keywords_known:
-                found.update(self._assumed_short)
+                found.update(self._assumed)
                 if self._searched_short:
                     lowered = data.lower()  # ASCII: caseless is lowercase
                     found.update(k for k, needle in self._searched_short if needle in lowered)
@@ -441,14 +433,6 @@ class Prefilter:
 
 
 LOCATE_LIMIT = 256  # match ends; beyond that one regex pass over the whole text is cheaper
-
-
-def _case_forms(keyword: str) -> list[str]:
-    """Every ASCII upper/lower spelling of a short keyword: "sk", "sK", "Sk", "SK"."""
-    forms = [""]
-    for ch in keyword:
-        forms = [f + c for f in forms for c in dict.fromkeys((ch.lower(), ch.upper()))]
-    return forms
 
 
 def _keyword_expressions(keywords: list[str], digits_marker: str,
