@@ -1,7 +1,8 @@
-/* The two native parts of a DLP inspection, each one pass over a text's bytes:
+/* The native parts of a DLP inspection, each one pass over a text's bytes:
  *
  *   encoded_layers(data: bytes) -> (base64_texts, hex_texts, separated_hex_possible)
  *   number_shapes(data: bytes) -> int
+ *   percent_decoded(data: bytes, plus: bool) -> str
  *
  * encoded_layers gives the same result as tollgate/dlp/content.py's
  * `_encoded_layers_in_python` (the reference, and the fallback where this module is not
@@ -16,6 +17,10 @@
  *   any case, cut to whole bytes, that decodes to wholly printable UTF-8 text.
  * separated_hex_possible: whether "aa(?: aa){15}" occurs in the text masked to "a" for a
  *   base64 character and " " for any other byte (a superset of separated hex in ASCII text).
+ *
+ * percent_decoded: urllib.parse.unquote (unquote_plus with `plus`) of ASCII text: each %XX
+ *   a byte, any other "%" itself, the bytes read as UTF-8 with errors replaced. urllib does
+ *   it in a Python loop, an escape at a time; forms are full of them.
  *
  * number_shapes: for ASCII text, a bit for each number detector whose regex may match (see
  * SHAPE_* below): the prefilter's gate for them. In hyperscan each of these patterns, which
@@ -502,9 +507,40 @@ static PyObject *number_shapes(PyObject *module, PyObject *arg)
     return PyLong_FromLong(found);
 }
 
+static PyObject *percent_decoded(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    int plus;
+    if (!PyArg_ParseTuple(args, "y*p", &view, &plus))
+        return NULL;
+    const unsigned char *t = view.buf;
+    Py_ssize_t n = view.len, out = 0;
+    unsigned char *buf = PyMem_Malloc(n > 0 ? (size_t)n : 1);
+    if (buf == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n;) {
+        unsigned char c = t[i];
+        if (c == '%' && i + 2 < n && hex_value[t[i + 1]] >= 0 && hex_value[t[i + 2]] >= 0) {
+            buf[out++] = (unsigned char)(hex_value[t[i + 1]] << 4 | hex_value[t[i + 2]]);
+            i += 3;
+        } else {
+            buf[out++] = plus && c == '+' ? ' ' : c;
+            i++;
+        }
+    }
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)buf, out, "replace");
+    PyMem_Free(buf);
+    PyBuffer_Release(&view);
+    return text;
+}
+
 static PyMethodDef methods[] = {
     {"encoded_layers", encoded_layers, METH_O,
      "encoded_layers(data: bytes) -> (base64_texts, hex_texts, separated_hex_possible)"},
+    {"percent_decoded", percent_decoded, METH_VARARGS,
+     "percent_decoded(data: bytes, plus: bool) -> str: urllib.parse.unquote(_plus) of ASCII text"},
     {"number_shapes", number_shapes, METH_O,
      "number_shapes(data: bytes) -> int: a bit for each number detector that may match ASCII text"},
     {NULL, NULL, 0, NULL},

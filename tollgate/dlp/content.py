@@ -25,10 +25,10 @@ import zstandard
 
 from tollgate.dlp.prefilter import build as build_prefilter, build_trigger
 
-try:  # the native layer finder (setup.py builds it); the same result in Python without it
-    from tollgate.dlp._native import encoded_layers as _native_layers
+try:  # the native parts (setup.py builds them); the same results in Python without them
+    from tollgate.dlp._native import encoded_layers as _native_layers, percent_decoded as _native_percent
 except ImportError:  # pragma: no cover - depends on the build
-    _native_layers = None
+    _native_layers = _native_percent = None
 
 MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
 MAX_LAYER_DEPTH = 3  # base64/hex/percent/entities inside each other
@@ -176,7 +176,7 @@ def quick_view(path: str, headers: list[tuple[str, str]], body: bytes, content_t
     elif media == "multipart/form-data" and _base64_part(text):
         return None
     head = "\n".join(f"{k}: {v}" for k, v in headers)
-    return f"{unquote(path)}\n{head}\n{text}"
+    return f"{percent_unquote(path)}\n{head}\n{text}"
 
 
 _CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
@@ -190,18 +190,19 @@ def _base64_part(text: str) -> bool:
     return _BASE64_PART.search(text) is not None
 
 
-_NOT_AN_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_QP_FORM = bytes.maketrans(b"+%", b" =")
-
-
 def form_unquote(text: str) -> str:
-    """urllib.parse.unquote_plus(text), five times faster on an ASCII form whose every "%"
-    starts an escape: read as quoted-printable (binascii, in C) with "%" for "=" and each
-    "=" escaped. unquote_plus decodes each escape in a Python loop."""
-    if not text.isascii() or _NOT_AN_ESCAPE.search(text):
+    """urllib.parse.unquote_plus(text): natively for ASCII text (urllib decodes each escape
+    in a Python loop, and forms are full of them)."""
+    if _native_percent is None or not text.isascii():
         return unquote_plus(text)
-    raw = text.encode("ascii").replace(b"=", b"=3D").translate(_QP_FORM)
-    return binascii.a2b_qp(raw).decode("utf-8", "replace")
+    return _native_percent(text.encode("ascii"), True)
+
+
+def percent_unquote(text: str) -> str:
+    """urllib.parse.unquote(text), natively for ASCII text."""
+    if _native_percent is None or not text.isascii():
+        return unquote(text)
+    return _native_percent(text.encode("ascii"), False)
 
 
 def declared_charset(content_type: str) -> str:
@@ -365,7 +366,7 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
     found: list[Slot] = []
     text = slot.text
     if "%" in text and _PERCENT.search(text):
-        found.append(Slot(slot.where, unquote(text), slot.layers + ("percent",)))
+        found.append(Slot(slot.where, percent_unquote(text), slot.layers + ("percent",)))
     if "&" in text and ";" in text and _ENTITY.search(text):
         found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
     b64_texts, hex_texts, hex_possible = encoded_layers(text)

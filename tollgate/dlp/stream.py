@@ -18,13 +18,12 @@ import re
 import time
 import zlib
 from typing import Callable, Iterator
-from urllib.parse import unquote_plus
 
 import brotli
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from tollgate.dlp.content import MAX_RATIO, Slot, Uninspectable, declared_charset
+from tollgate.dlp.content import MAX_RATIO, Slot, Uninspectable, declared_charset, form_unquote
 from tollgate.dlp.decide import Finding, decide
 from tollgate.dlp.engine import PATTERN_TIMEOUT, Engine, ScanIncomplete
 from tollgate.dlp.inspect import Outcome, audit_view, clean_at_a_glance, scan_slots
@@ -174,7 +173,7 @@ class StreamScanner:
         """The text a window is scanned as: as a whole-body inspection's fast path sees it."""
         text = data.decode(self._charset, "replace")
         if self._media == "application/x-www-form-urlencoded":
-            return unquote_plus(text)  # "+" is a space here, not the start of a phone number
+            return form_unquote(text)  # "+" is a space here, not the start of a phone number
         if self._json and "\\" in text:
             return json_unescaped(text)  # a key written as \u0041KIA... or https:\/\/...
         return text
