@@ -78,6 +78,8 @@ class RequestContent:
 
 def decode_transport(raw: bytes, content_encoding: str, limit: int) -> bytes:
     """Undo Content-Encoding (stacked, any order), capped in size and ratio."""
+    if not content_encoding:
+        return raw if len(raw) <= limit else _too_large()
     codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
     data = raw
     for coding in reversed(codings):
@@ -100,6 +102,10 @@ def decode_transport(raw: bytes, content_encoding: str, limit: int) -> bytes:
     if len(data) > limit:
         raise Uninspectable("too_large", "the body is larger than dlp.max_body_bytes")
     return data
+
+
+def _too_large() -> bytes:
+    raise Uninspectable("too_large", "the body is larger than dlp.max_body_bytes")
 
 
 def _bomb(cap: int) -> Uninspectable:
@@ -162,7 +168,7 @@ def quick_view(path: str, headers: list[tuple[str, str]], body: bytes, content_t
     slash) is parsed first (None): raw, an escape splits a value and hides it from a detector.
     """
     media = (content_type or "").split(";")[0].strip().lower()
-    charset = _CHARSET.search(content_type or "")
+    charset = _CHARSET.search(content_type) if "=" in (content_type or "") else None
     if charset and charset.group(1).lower() not in ("utf-8", "utf8", "us-ascii"):
         return None
     try:
@@ -175,8 +181,8 @@ def quick_view(path: str, headers: list[tuple[str, str]], body: bytes, content_t
         text = form_unquote(text)
     elif media == "multipart/form-data" and _base64_part(text):
         return None
-    head = "\n".join(f"{k}: {v}" for k, v in headers)
-    return f"{percent_unquote(path)}\n{head}\n{text}"
+    head = "\n".join(f"{k}: {v}" for k, v in headers) if headers else ""
+    return f"{percent_unquote(path) if '%' in path else path}\n{head}\n{text}"
 
 
 _CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
@@ -370,13 +376,16 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
     if "&" in text and ";" in text and _ENTITY.search(text):
         found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
     b64_texts, hex_texts, hex_possible = encoded_layers(text)
-    found.extend(Slot(slot.where, decoded, slot.layers + ("base64",)) for decoded in b64_texts)
+    if b64_texts:
+        found.extend(Slot(slot.where, decoded, slot.layers + ("base64",)) for decoded in b64_texts)
     if hex_possible:
         separated = (_hex_text(re.sub(r"[:\s]", "", m.group())) for m in _HEX_SEPARATED.finditer(text))
         hex_texts = hex_texts + [decoded for decoded in separated if decoded is not None]
-    found.extend(Slot(slot.where, decoded, slot.layers + ("hex",)) for decoded in hex_texts)
-    deeper = [d for f in found for d in _peel(f, depth + 1)] if depth + 1 < MAX_LAYER_DEPTH else []
-    return found + deeper
+    if hex_texts:
+        found.extend(Slot(slot.where, decoded, slot.layers + ("hex",)) for decoded in hex_texts)
+    if not found or depth + 1 >= MAX_LAYER_DEPTH:
+        return found
+    return found + [d for f in found for d in _peel(f, depth + 1)]
 
 
 def encoded_layers(text: str) -> tuple[list[str], list[str], bool]:

@@ -13,8 +13,7 @@ import functools
 import logging
 import re
 import threading
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 logger = logging.getLogger("tollgate")
 
@@ -239,10 +238,10 @@ def build(patterns: tuple[tuple, ...], keywords: tuple[str, ...] = (),
     return Prefilter(patterns, keywords, digits_marker, digits_pattern, locatable)
 
 
-@dataclass(frozen=True)
-class Hits:
+class Hits(NamedTuple):  # a tuple: made for every text scanned, cheaper than a dataclass
     detectors: set[str] | None  # the detectors that may match; None: run them all
     keywords: set[str] | None  # the keywords present; None: not known (search in Python)
+
 
 
 class Prefilter:
@@ -386,9 +385,13 @@ class Prefilter:
                 if self._searched_short:
                     lowered = data.lower()  # ASCII: caseless is lowercase
                     found.update(k for k, needle in self._searched_short if needle in lowered)
-                hits.update(d for d, words in self._by_keyword if not words.isdisjoint(found))
+                for d, words in self._by_keyword:
+                    if not words.isdisjoint(found):
+                        hits.add(d)
                 # A detector none of whose keywords occur does not run: no gate to refine.
-                hits.difference_update([d for d in hits if d in self._keywords_of and self._keywords_of[d].isdisjoint(found)])
+                for d in [d for d in hits if d in self._keywords_of]:
+                    if self._keywords_of[d].isdisjoint(found):
+                        hits.discard(d)
             refine = hits & self._refinable
             if refine:
                 hits -= refine
