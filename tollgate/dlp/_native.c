@@ -260,6 +260,68 @@ static int hex_layer(const unsigned char *run, Py_ssize_t n, unsigned char *buf,
     return append_new(out, text);
 }
 
+/* One base64 run from `start` (data[start] a base64 character, the byte before not): its hex
+ * runs, and its decoding when it is long enough and mixes cases. Its end, or -1 on error. */
+static Py_ssize_t base64_run(const unsigned char *data, Py_ssize_t n, Py_ssize_t start, unsigned char *buf,
+                             PyObject *b64, PyObject *hex)
+{
+    Py_ssize_t i = start, hex_length = 0, blocks_from = start + 16;
+    unsigned char cases = 0;
+    for (; i < n; i++) {
+#ifdef __SSE2__
+        /* In a long run (image data), whole blocks of 16 while they last. */
+        while (i >= blocks_from && i + 16 <= n) {
+            int whole = base64_block(data, i, &cases, &hex_length, buf, hex);
+            if (whole < 0)
+                return -1;
+            if (!whole) {
+                blocks_from = i + 16; /* the run ends in this block */
+                break;
+            }
+            i += 16;
+        }
+        if (i >= n)
+            break;
+#endif
+        unsigned char class = byte_class[data[i]];
+        if (!(class & BASE64))
+            break;
+        cases |= class;
+        /* No branch on whether this is a hex digit: hex digits and other letters alternate. */
+        Py_ssize_t is_hex = (class & HEX) != 0;
+        int ended = (hex_length >= HEX_MIN_RUN) & !is_hex; /* rare */
+        if (__builtin_expect(ended, 0) && hex_layer(data + i - hex_length, hex_length, buf, hex) < 0)
+            return -1;
+        hex_length = (hex_length + 1) & -is_hex;
+    }
+    if (hex_length >= HEX_MIN_RUN && hex_layer(data + i - hex_length, hex_length, buf, hex) < 0)
+        return -1;
+    if (i - start >= B64_MIN_RUN && (cases & (UPPER | LOWER)) == (UPPER | LOWER)
+            && base64_layer(data + start, i - start, buf, b64) < 0)
+        return -1;
+    return i;
+}
+
+/* Bit k: data[at + k] is a base64 character (0 past the end). */
+static uint64_t base64_mask(const unsigned char *data, Py_ssize_t n, Py_ssize_t at)
+{
+    uint64_t mask = 0;
+#ifdef __SSE2__
+    if (at + 64 <= n) {
+        for (int b = 0; b < 4; b++) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(data + at + 16 * b));
+            __m128i base64 = _mm_or_si128(_mm_or_si128(IN(v, '0', '9'), _mm_or_si128(IN(v, 'A', 'Z'), IN(v, 'a', 'z'))),
+                                          _mm_or_si128(_mm_or_si128(IS(v, '+'), IS(v, '/')), _mm_or_si128(IS(v, '-'), IS(v, '_'))));
+            mask |= (uint64_t)(unsigned int)_mm_movemask_epi8(base64) << (16 * b);
+        }
+        return mask;
+    }
+#endif
+    for (Py_ssize_t k = 0; k < 64 && at + k < n; k++)
+        mask |= (uint64_t)((byte_class[data[at + k]] & BASE64) != 0) << k;
+    return mask;
+}
+
 static PyObject *encoded_layers(PyObject *module, PyObject *arg)
 {
     Py_buffer view;
@@ -274,57 +336,38 @@ static PyObject *encoded_layers(PyObject *module, PyObject *arg)
             PyErr_NoMemory();
         goto done;
     }
-    /* Separated hex ("aa aa aa ..." in the masked text) is a chain of runs of exactly two
-     * characters, each followed by exactly one separator; the first may be the end of a
-     * longer run, the last the start of one. `chain`: the groups ("aa ") just before a run. */
-    Py_ssize_t chain = 0;
+    /* 64 bytes at a time, as bit masks of their base64 characters, with the next 64 to look
+     * ahead into. Only runs of at least B64_MIN_RUN are looked at byte by byte (ordinary text
+     * is short words and numbers). Separated hex is a pattern of the mask: a chain of "aa "
+     * groups (two base64 characters, one other byte) and a last "aa". */
+    typedef unsigned __int128 bits128;
     int separated = 0;
-    Py_ssize_t i = 0;
-    while (i < n) {
-        if (!(byte_class[data[i]] & BASE64)) {
-            i++;
-            continue;
+    Py_ssize_t resume = 0; /* the runs before this are done */
+    uint64_t previous = 0, current = base64_mask(data, n, 0);
+    for (Py_ssize_t at = 0; at < n; at += 64) {
+        uint64_t next = at + 64 < n ? base64_mask(data, n, at + 64) : 0;
+        bits128 w = (bits128)current | (bits128)next << 64;
+        if (!separated && current) {
+            bits128 pair = w & (w >> 1), chain = pair & ~(w >> 2);
+            bits128 group = chain;
+            for (int k = 1; k < HEX_GROUPS - 1; k++)
+                chain &= group >> (3 * k);
+            separated = (uint64_t)(chain & (pair >> (3 * (HEX_GROUPS - 1)))) != 0;
         }
-        /* A base64 run, and the runs of hex digits inside it. */
-        Py_ssize_t start = i, hex_length = 0, blocks_from = i + 16;
-        unsigned char cases = 0;
-        for (; i < n; i++) {
-#ifdef __SSE2__
-            /* In a long run (image data), whole blocks of 16 while they last. */
-            while (i >= blocks_from && i + 16 <= n) {
-                int whole = base64_block(data, i, &cases, &hex_length, buf, hex);
-                if (whole < 0)
-                    goto done;
-                if (!whole) {
-                    blocks_from = i + 16; /* the run ends in this block */
-                    break;
-                }
-                i += 16;
-            }
-            if (i >= n)
-                break;
-#endif
-            unsigned char class = byte_class[data[i]];
-            if (!(class & BASE64))
-                break;
-            cases |= class;
-            /* No branch on whether this is a hex digit: hex digits and other letters alternate. */
-            Py_ssize_t is_hex = (class & HEX) != 0;
-            int ended = (hex_length >= HEX_MIN_RUN) & !is_hex; /* rare */
-            if (__builtin_expect(ended, 0) && hex_layer(data + i - hex_length, hex_length, buf, hex) < 0)
+        bits128 long_enough = w; /* bit k: B64_MIN_RUN base64 characters from k on */
+        for (int k = 1; k < B64_MIN_RUN; k++)
+            long_enough &= w >> k;
+        uint64_t starts = (uint64_t)(long_enough & ~((w << 1) | (previous >> 63)));
+        for (; starts; starts &= starts - 1) {
+            Py_ssize_t start = at + __builtin_ctzll(starts);
+            if (start < resume)
+                continue;
+            resume = base64_run(data, n, start, buf, b64, hex);
+            if (resume < 0)
                 goto done;
-            hex_length = (hex_length + 1) & -is_hex;
         }
-        if (hex_length >= HEX_MIN_RUN && hex_layer(data + i - hex_length, hex_length, buf, hex) < 0)
-            goto done;
-        Py_ssize_t length = i - start;
-        if (length >= 2 && chain >= HEX_GROUPS - 1)
-            separated = 1;
-        int one_separator = i + 1 < n && (byte_class[data[i + 1]] & BASE64);
-        chain = length < 2 || !one_separator ? 0 : length == 2 ? chain + 1 : 1;
-        if (length >= B64_MIN_RUN && (cases & (UPPER | LOWER)) == (UPPER | LOWER)
-                && base64_layer(data + start, length, buf, b64) < 0)
-            goto done;
+        previous = current;
+        current = next;
     }
     result = Py_BuildValue("(OOO)", b64, hex, separated ? Py_True : Py_False);
 done:
