@@ -150,3 +150,13 @@ def test_runs_read_sixteen_bytes_at_a_time_give_the_same_layers():
                 for left, right in (("Zq" * 40, "Zq" * 40), ("", ""), ("x", "y")):
                     text = " " + left[:before] + middle + right[:after] + " "
                     assert content.encoded_layers(text) == content._encoded_layers_in_python(text), (before, after, middle)
+
+
+@pytest.mark.skipif(content._native_layers is None, reason="the native module is not built (see the first test)")
+def test_has_entity_is_the_entity_regex():
+    rng = random.Random(12)
+    pieces = ["&", ";", "#", "x", "X", "amp", "lt", "12", "1F", "ab", "g", "=", " ", "&#", "&#x", "&amp;", "a&b=c"]
+    for _ in range(30000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+        assert content.has_entity(text) == bool(content._ENTITY.search(text)), repr(text)
+    assert content.has_entity("a=1&b=2;c") is False and content.has_entity("x &#x41; y") is True

@@ -3,6 +3,7 @@
  *   encoded_layers(data: bytes) -> (base64_texts, hex_texts, separated_hex_possible)
  *   number_shapes(data: bytes) -> int
  *   percent_decoded(data: bytes, plus: bool) -> str
+ *   has_entity(data: bytes) -> bool
  *
  * encoded_layers gives the same result as tollgate/dlp/content.py's
  * `_encoded_layers_in_python` (the reference, and the fallback where this module is not
@@ -21,6 +22,9 @@
  * percent_decoded: urllib.parse.unquote (unquote_plus with `plus`) of ASCII text: each %XX
  *   a byte, any other "%" itself, the bytes read as UTF-8 with errors replaced. urllib does
  *   it in a Python loop, an escape at a time; forms are full of them.
+ *
+ * has_entity: whether &(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+); occurs in ASCII text, found from
+ *   each ";" backwards (in a form, "&" separates every field).
  *
  * number_shapes: for ASCII text, a bit for each number detector whose regex may match (see
  * SHAPE_* below): the prefilter's gate for them. In hyperscan each of these patterns, which
@@ -579,11 +583,38 @@ static PyObject *percent_decoded(PyObject *module, PyObject *args)
     return text;
 }
 
+static PyObject *has_entity(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *t = view.buf;
+    Py_ssize_t n = view.len;
+    int found = 0;
+    for (const unsigned char *end = memchr(t, ';', n); end != NULL && !found; end = memchr(end + 1, ';', n - (end + 1 - t))) {
+        /* The longest run of letters, of digits and of hex digits just before the ";": each
+         * stops at the "&", "#" or "x" that must come before it. */
+        Py_ssize_t at = end - t, j;
+        for (j = at - 1; j >= 0 && ((t[j] | 0x20) >= 'a' && (t[j] | 0x20) <= 'z'); j--)
+            ;
+        found = j < at - 1 && j >= 0 && t[j] == '&';
+        for (j = at - 1; !found && j >= 0 && t[j] >= '0' && t[j] <= '9'; j--)
+            ;
+        found = found || (j < at - 1 && j >= 1 && t[j] == '#' && t[j - 1] == '&');
+        for (j = at - 1; !found && j >= 0 && hex_value[t[j]] >= 0; j--)
+            ;
+        found = found || (j < at - 1 && j >= 2 && t[j] == 'x' && t[j - 1] == '#' && t[j - 2] == '&');
+    }
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(found);
+}
+
 static PyMethodDef methods[] = {
     {"encoded_layers", encoded_layers, METH_O,
      "encoded_layers(data: bytes) -> (base64_texts, hex_texts, separated_hex_possible)"},
     {"percent_decoded", percent_decoded, METH_VARARGS,
      "percent_decoded(data: bytes, plus: bool) -> str: urllib.parse.unquote(_plus) of ASCII text"},
+    {"has_entity", has_entity, METH_O, "has_entity(data: bytes) -> bool: an HTML entity occurs in ASCII text"},
     {"number_shapes", number_shapes, METH_O,
      "number_shapes(data: bytes) -> int: a bit for each number detector that may match ASCII text"},
     {NULL, NULL, 0, NULL},

@@ -26,9 +26,10 @@ import zstandard
 from tollgate.dlp.prefilter import build as build_prefilter, build_trigger
 
 try:  # the native parts (setup.py builds them); the same results in Python without them
-    from tollgate.dlp._native import encoded_layers as _native_layers, percent_decoded as _native_percent
+    from tollgate.dlp._native import encoded_layers as _native_layers, has_entity as _native_has_entity, \
+        percent_decoded as _native_percent
 except ImportError:  # pragma: no cover - depends on the build
-    _native_layers = _native_percent = None
+    _native_layers = _native_percent = _native_has_entity = None
 
 MAX_RATIO = 200  # decompressed/compressed: more than this is treated as a decompression bomb
 MAX_LAYER_DEPTH = 3  # base64/hex/percent/entities inside each other
@@ -373,7 +374,7 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
     text = slot.text
     if "%" in text and _PERCENT.search(text):
         found.append(Slot(slot.where, percent_unquote(text), slot.layers + ("percent",)))
-    if "&" in text and ";" in text and _ENTITY.search(text):
+    if "&" in text and ";" in text and has_entity(text):
         found.append(Slot(slot.where, html.unescape(text), slot.layers + ("html",)))
     b64_texts, hex_texts, hex_possible = encoded_layers(text)
     if b64_texts:
@@ -386,6 +387,13 @@ def _peel(slot: Slot, depth: int) -> list[Slot]:
     if not found or depth + 1 >= MAX_LAYER_DEPTH:
         return found
     return found + [d for f in found for d in _peel(f, depth + 1)]
+
+
+def has_entity(text: str) -> bool:
+    """Whether an HTML entity (_ENTITY) occurs: natively in ASCII text."""
+    if _native_has_entity is None or not text.isascii():
+        return _ENTITY.search(text) is not None
+    return _native_has_entity(text.encode("ascii"))
 
 
 def encoded_layers(text: str) -> tuple[list[str], list[str], bool]:
