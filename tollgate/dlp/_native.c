@@ -306,24 +306,52 @@ static Py_ssize_t base64_run(const unsigned char *data, Py_ssize_t n, Py_ssize_t
     return i;
 }
 
-/* Bit k: data[at + k] is a base64 character (0 past the end). */
-static uint64_t base64_mask(const unsigned char *data, Py_ssize_t n, Py_ssize_t at)
+/* Bit k: data[at + k] is a base64 character (0 past the end); with `classes`, also the masks
+ * of upper-case letters, lower-case letters and hex digits. */
+typedef struct {
+    uint64_t base64, upper, lower, hex;
+} Masks;
+
+static Masks masks_at(const unsigned char *data, Py_ssize_t n, Py_ssize_t at, int classes)
 {
-    uint64_t mask = 0;
+    Masks m = {0, 0, 0, 0};
 #ifdef __SSE2__
     if (at + 64 <= n) {
         for (int b = 0; b < 4; b++) {
             __m128i v = _mm_loadu_si128((const __m128i *)(data + at + 16 * b));
-            __m128i base64 = _mm_or_si128(_mm_or_si128(IN(v, '0', '9'), _mm_or_si128(IN(v, 'A', 'Z'), IN(v, 'a', 'z'))),
+            __m128i digit = IN(v, '0', '9'), upper = IN(v, 'A', 'Z'), lower = IN(v, 'a', 'z');
+            __m128i base64 = _mm_or_si128(_mm_or_si128(digit, _mm_or_si128(upper, lower)),
                                           _mm_or_si128(_mm_or_si128(IS(v, '+'), IS(v, '/')), _mm_or_si128(IS(v, '-'), IS(v, '_'))));
-            mask |= (uint64_t)(unsigned int)_mm_movemask_epi8(base64) << (16 * b);
+            int shift = 16 * b;
+            m.base64 |= (uint64_t)(unsigned int)_mm_movemask_epi8(base64) << shift;
+            if (classes) {
+                __m128i hex = _mm_or_si128(digit, _mm_or_si128(IN(v, 'a', 'f'), IN(v, 'A', 'F')));
+                m.upper |= (uint64_t)(unsigned int)_mm_movemask_epi8(upper) << shift;
+                m.lower |= (uint64_t)(unsigned int)_mm_movemask_epi8(lower) << shift;
+                m.hex |= (uint64_t)(unsigned int)_mm_movemask_epi8(hex) << shift;
+            }
         }
-        return mask;
+        return m;
     }
 #endif
-    for (Py_ssize_t k = 0; k < 64 && at + k < n; k++)
-        mask |= (uint64_t)((byte_class[data[at + k]] & BASE64) != 0) << k;
-    return mask;
+    for (Py_ssize_t k = 0; k < 64 && at + k < n; k++) {
+        unsigned char class = byte_class[data[at + k]];
+        m.base64 |= (uint64_t)((class & BASE64) != 0) << k;
+        m.upper |= (uint64_t)((class & UPPER) != 0) << k;
+        m.lower |= (uint64_t)((class & LOWER) != 0) << k;
+        m.hex |= (uint64_t)((class & HEX) != 0) << k;
+    }
+    return m;
+}
+
+typedef unsigned __int128 bits128;
+
+/* Whether `bits` holds a run of `length` set bits (length a power of two). */
+static int has_run(bits128 bits, int length)
+{
+    for (int step = 1; step < length && bits; step *= 2)
+        bits &= bits >> step;
+    return bits != 0;
 }
 
 static PyObject *encoded_layers(PyObject *module, PyObject *arg)
@@ -341,33 +369,51 @@ static PyObject *encoded_layers(PyObject *module, PyObject *arg)
         goto done;
     }
     /* 64 bytes at a time, as bit masks of their base64 characters, with the next 64 to look
-     * ahead into. Only runs of at least B64_MIN_RUN are looked at byte by byte (ordinary text
-     * is short words and numbers). Separated hex is a pattern of the mask: a chain of "aa "
+     * ahead into. Only runs of at least B64_MIN_RUN are looked at one by one, and only the
+     * longest (image data) and those holding a long hex run byte by byte: ordinary text is
+     * short words and numbers. Separated hex is a pattern of the mask: a chain of "aa "
      * groups (two base64 characters, one other byte) and a last "aa". */
-    typedef unsigned __int128 bits128;
     int separated = 0;
     Py_ssize_t resume = 0; /* the runs before this are done */
-    uint64_t previous = 0, current = base64_mask(data, n, 0);
+    uint64_t previous = 0, current = masks_at(data, n, 0, 0).base64;
     for (Py_ssize_t at = 0; at < n; at += 64) {
-        uint64_t next = at + 64 < n ? base64_mask(data, n, at + 64) : 0;
+        uint64_t next = at + 64 < n ? masks_at(data, n, at + 64, 0).base64 : 0;
         bits128 w = (bits128)current | (bits128)next << 64;
-        if (!separated && current) {
-            bits128 pair = w & (w >> 1), chain = pair & ~(w >> 2);
-            bits128 group = chain;
+        bits128 pair = w & (w >> 1), group = pair & ~(w >> 2);
+        /* A chain needs 15 groups in its 47 bytes: most text has far fewer. */
+        if (!separated && __builtin_popcountll((uint64_t)group) + __builtin_popcountll((uint64_t)(group >> 64)) >= HEX_GROUPS - 1) {
+            bits128 chain = group;
             for (int k = 1; k < HEX_GROUPS - 1; k++)
                 chain &= group >> (3 * k);
             separated = (uint64_t)(chain & (pair >> (3 * (HEX_GROUPS - 1)))) != 0;
         }
-        bits128 long_enough = w; /* bit k: B64_MIN_RUN base64 characters from k on */
-        for (int k = 1; k < B64_MIN_RUN; k++)
-            long_enough &= w >> k;
-        uint64_t starts = (uint64_t)(long_enough & ~((w << 1) | (previous >> 63)));
+        /* Bit k: B64_MIN_RUN (12) base64 characters from k on. */
+        bits128 two = pair, four = two & (two >> 2), eight = four & (four >> 4), twelve = eight & (four >> 8);
+        uint64_t starts = (uint64_t)(twelve & ~((w << 1) | (previous >> 63)));
+        Masks here = {0, 0, 0, 0}, ahead = {0, 0, 0, 0};
+        if (starts) {
+            here = masks_at(data, n, at, 1);
+            ahead = at + 64 < n ? masks_at(data, n, at + 64, 1) : ahead;
+        }
         for (; starts; starts &= starts - 1) {
-            Py_ssize_t start = at + __builtin_ctzll(starts);
+            int bit = __builtin_ctzll(starts);
+            Py_ssize_t start = at + bit;
             if (start < resume)
                 continue;
-            resume = base64_run(data, n, start, buf, b64, hex);
-            if (resume < 0)
+            bits128 after = ~(w >> bit); /* its lowest set bit: where the run ends */
+            int length = (uint64_t)after ? __builtin_ctzll((uint64_t)after) : 64 + __builtin_ctzll((uint64_t)(after >> 64));
+            bits128 run = (((bits128)1 << length) - 1) << bit;
+            bits128 hex_digits = ((bits128)here.hex | (bits128)ahead.hex << 64) & run;
+            if (bit + length >= 128 || has_run(hex_digits, HEX_MIN_RUN)) { /* may go on past the window */
+                resume = base64_run(data, n, start, buf, b64, hex);
+                if (resume < 0)
+                    goto done;
+                continue;
+            }
+            resume = start + length;
+            int upper = (((bits128)here.upper | (bits128)ahead.upper << 64) & run) != 0;
+            int lower = (((bits128)here.lower | (bits128)ahead.lower << 64) & run) != 0;
+            if (upper && lower && base64_layer(data + start, length, buf, b64) < 0)
                 goto done;
         }
         previous = current;
