@@ -345,7 +345,10 @@ class Prefilter:
         self._local = threading.local()  # scratch space is per thread; scans run in worker threads
         self._ascii_local = threading.local()
         self._keywords_known = keyword_expressions is not None
+        # What an ASCII text with no match, no shape and no searched keyword gets: the
+        # detectors the pass cannot vouch for that need no keyword, and the assumed keywords.
         self._keywords_of = {d: frozenset(own) for d, own in keywords_of.items() if own}
+        self._nothing_found = Hits(frozenset(d for d in self.always if d not in self._keywords_of), self._assumed)
         for detector, _, _, _, ascii_pattern in compiled:
             if detector in locatable:  # every match end, not just "somewhere"
                 db = _database([ascii_pattern], [_ASCII_FLAGS & ~hyperscan.HS_FLAG_SINGLEMATCH])
@@ -363,46 +366,9 @@ class Prefilter:
         """One pass: the detectors that may match, and (for ASCII text) the keywords present."""
         if self._db is None:
             return Hits(None, None)
-        hits: set[str] = set(self.always)
         if text.isascii():
-            found: set[str] = set()
-            ids, keywords, count = self._ascii_ids, self._keywords, len(self._ascii_ids)
-
-            def on_ascii_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
-                if index < count:
-                    hits.add(ids[index])
-                else:
-                    found.add(keywords[index - count])
-
-            data = text.encode("ascii")
-            _scan(self._ascii_db, self._ascii_scratch, self._ascii_local, data, on_ascii_match)
-            if self._shapes:
-                shapes = number_shapes(data)
-                if shapes:
-                    hits.update(d for d, bit in self._shapes.items() if shapes & bit)
-            if self._keywords_known:
-                found.update(self._assumed)
-                if self._searched_short:
-                    lowered = data.lower()  # ASCII: caseless is lowercase
-                    found.update(k for k, needle in self._searched_short if needle in lowered)
-                for d, words in self._by_keyword:
-                    if not words.isdisjoint(found):
-                        hits.add(d)
-                # A detector none of whose keywords occur does not run: no gate to refine.
-                for d in [d for d in hits if d in self._keywords_of]:
-                    if self._keywords_of[d].isdisjoint(found):
-                        hits.discard(d)
-            refine = hits & self._refinable
-            if refine:
-                hits -= refine
-                tight = self._tight_ids
-
-                def on_tight_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
-                    if tight[index] in refine:
-                        hits.add(tight[index])
-
-                _scan(self._tight_db, self._tight_scratch, self._tight_local, data, on_tight_match)
-            return Hits(hits, found if self._keywords_known else None)
+            return self._scan_ascii(text.encode("ascii"))
+        hits: set[str] = set(self.always)
         try:
             data = text.encode("utf-8")  # strict: lone surrogates would be invalid UTF-8 for hyperscan
         except UnicodeEncodeError:
@@ -413,6 +379,50 @@ class Prefilter:
 
         _scan(self._db, self._scratch, self._local, data, on_match)
         return Hits(hits, None)
+
+    def _scan_ascii(self, data: bytes) -> Hits:
+        matched: list[int] = []
+
+        def on_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
+            matched.append(index)
+
+        _scan(self._ascii_db, self._ascii_scratch, self._ascii_local, data, on_match)
+        shapes = number_shapes(data) if self._shapes else 0
+        if not matched and not shapes and not self._searched_short and self._keywords_known:
+            return self._nothing_found  # the usual case: a clean text, one pass
+        hits: set[str] = set(self.always)
+        found: set[str] = set()
+        count = len(self._ascii_ids)
+        for index in matched:
+            if index < count:
+                hits.add(self._ascii_ids[index])
+            else:
+                found.add(self._keywords[index - count])
+        if shapes:
+            hits.update(d for d, bit in self._shapes.items() if shapes & bit)
+        if self._keywords_known:
+            found.update(self._assumed)
+            if self._searched_short:
+                lowered = data.lower()  # ASCII: caseless is lowercase
+                found.update(k for k, needle in self._searched_short if needle in lowered)
+            for d, words in self._by_keyword:
+                if not words.isdisjoint(found):
+                    hits.add(d)
+            # A detector none of whose keywords occur does not run: no gate to refine.
+            for d in [d for d in hits if d in self._keywords_of]:
+                if self._keywords_of[d].isdisjoint(found):
+                    hits.discard(d)
+        refine = hits & self._refinable
+        if refine:
+            hits -= refine
+            tight = self._tight_ids
+
+            def on_tight_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
+                if tight[index] in refine:
+                    hits.add(tight[index])
+
+            _scan(self._tight_db, self._tight_scratch, self._tight_local, data, on_tight_match)
+        return Hits(hits, found if self._keywords_known else None)
 
     def locate(self, text: str, detector: str) -> list[int] | None:
         """Every offset in ASCII ``text`` where a match of ``detector`` may end (a superset of
