@@ -7,7 +7,8 @@ leave this module except inside the rewritten request itself.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
@@ -23,8 +24,7 @@ from tollgate.policy.model import Destination, DlpSettings
 _SECRET = {d.id: d.secret for d in BUILTIN}
 
 
-@dataclass(frozen=True)
-class RequestFacts:
+class RequestFacts(NamedTuple):  # made for every request: a tuple is cheaper than a dataclass
     path: str
     headers: list[tuple[str, str]]
     body: bytes  # as received (Content-Encoding applied)
@@ -40,7 +40,7 @@ class Outcome:
     decision: DlpDecision | None = None
     uninspectable: str | None = None  # reason code when the content could not be inspected
     message: str = ""
-    findings: list[dict] = field(default_factory=list)  # masked, for the audit log
+    findings: Sequence[dict] = ()  # masked, for the audit log
     would: str | None = None  # report-only: the action the policy would have taken
     path: str | None = None  # rewritten request parts after a redaction
     headers: list[tuple[str, str]] | None = None

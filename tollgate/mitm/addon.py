@@ -9,7 +9,6 @@ and is audited, because mitmproxy itself would log it and forward the flow unsca
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import inspect
 import ipaddress
@@ -598,7 +597,7 @@ class Tollgate:
         the body to a StreamGuard."""
         runtime = self._runtime(flow)
         report_only = runtime.policy.report_only(approval.decision.rule)
-        head = dataclasses.replace(self._facts(flow, approval), body=b"", content_encoding="")
+        head = self._facts(flow, approval)._replace(body=b"", content_encoding="")
         outcome = await self._inspect_facts(runtime, head, report_only)
         block_uninspectable = runtime.policy.dlp.uninspectable == "block"
         self._apply_outcome(flow, approval, outcome, block_uninspectable, report_only, keep_body=True)
