@@ -399,3 +399,19 @@ def test_a_pattern_that_runs_too_long_makes_the_text_uninspectable():
     facts = RequestFacts("/", [], text.encode(), "", "text/plain", "api.example.org", None)
     outcome = inspect_request(engine, policy.dlp, b"k" * 32, facts)
     assert (outcome.action, outcome.uninspectable) == ("uninspectable", "scan_incomplete")
+
+
+def test_a_custom_detectors_keywords_still_gate_its_pattern():
+    # README: "keywords: ... the pattern runs only if one occurs". Built-in keywords are
+    # implied by their patterns, so the pass need not search them; a custom detector's are a
+    # condition its author set, which its pattern need not imply.
+    from tollgate.dlp.detectors import compile_custom
+    from tollgate.policy.model import CustomDetector
+
+    engine = Engine(BUILTIN + (compile_custom(CustomDetector("staff_number", r"\bST\d{6}\b", ("employee",))),))
+    found = {m.detector for m in engine.scan('{"ref": "ST123456"}')}
+    assert "staff_number" not in found
+    found = {m.detector for m in engine.scan('{"employee": "ST123456"}')}
+    assert "staff_number" in found
+    if engine._multi.active:
+        assert "employee" in engine._multi._keywords  # searched in the pass

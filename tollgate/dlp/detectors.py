@@ -2,8 +2,10 @@
 
 A detector's ``pattern`` finds candidates; the value is the named group ``v`` when present,
 else the whole match. ``keywords`` gate the pattern (it only runs when one occurs in the
-text, case-insensitively). ``context`` words must occur within 64 characters before the
-match for detectors that are ambiguous on their own. ``issuers`` are the hosts where a
+text, case-insensitively; for a built-in whose pattern the prefilter's pass holds, that
+pattern stands in for the search: it implies them, or they only saved work). ``context``
+words must occur within 64 characters before the match for detectors that are ambiguous on
+their own. ``issuers`` are the hosts where a
 credential is normal traffic (a GitHub token sent to api.github.com). ``placeholder`` marks
 documentation values that are reported, never blocked.
 """

@@ -49,9 +49,10 @@ class Engine:
         self._by_id = {d.id: (i, d) for i, d in enumerate(detectors)}
         keywords = tuple(sorted({k for d in detectors for k in d.keywords}))
         locatable = frozenset(d.id for d in detectors if d.max_length and not d.keywords_inside)
+        custom = frozenset(d.id for d in detectors if d not in BUILTIN)
         self._multi = prefilters.build(tuple((d.id, d.pattern.pattern, bool(d.pattern.flags & regex.IGNORECASE),
                                               d.context, d.keywords, d.shape) for d in detectors),
-                                       keywords, DIGITS, _DIGIT_RUN_ASCII, locatable) \
+                                       keywords, DIGITS, _DIGIT_RUN_ASCII, locatable, custom) \
             if prefilter else None
 
     @classmethod

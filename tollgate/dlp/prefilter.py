@@ -232,10 +232,11 @@ def _skip_group(source: str, i: int) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def build(patterns: tuple[tuple, ...], keywords: tuple[str, ...] = (),
-          digits_marker: str = "", digits_pattern: str = "", locatable: frozenset[str] = frozenset()) -> "Prefilter":
+def build(patterns: tuple[tuple, ...], keywords: tuple[str, ...] = (), digits_marker: str = "",
+          digits_pattern: str = "", locatable: frozenset[str] = frozenset(),
+          keyword_gated: frozenset[str] = frozenset()) -> "Prefilter":
     """Compiling takes about a second: every engine with the same detectors shares one."""
-    return Prefilter(patterns, keywords, digits_marker, digits_pattern, locatable)
+    return Prefilter(patterns, keywords, digits_marker, digits_pattern, locatable, keyword_gated)
 
 
 class Hits(NamedTuple):  # a tuple: made for every text scanned, cheaper than a dataclass
@@ -246,7 +247,8 @@ class Hits(NamedTuple):  # a tuple: made for every text scanned, cheaper than a 
 
 class Prefilter:
     def __init__(self, patterns: Iterable[tuple], keywords: Iterable[str] = (),
-                 digits_marker: str = "", digits_pattern: str = "", locatable: frozenset[str] = frozenset()):
+                 digits_marker: str = "", digits_pattern: str = "", locatable: frozenset[str] = frozenset(),
+                 keyword_gated: frozenset[str] = frozenset()):
         """``patterns``: (detector id, regex source, case-insensitive[, context words[, its
         keywords[, its native shape]]]). A detector with a shape (see SHAPE_BITS) is gated in
         ASCII text by the native test of that name instead of a pattern in the pass.
@@ -258,7 +260,11 @@ class Prefilter:
         caseless matching equals str.lower() there, and only there). ``digits_marker`` stands
         for a digit run, found with ``digits_pattern``.
 
-        ``locatable``: detectors whose match ends `locate` reports in ASCII text."""
+        ``locatable``: detectors whose match ends `locate` reports in ASCII text.
+
+        ``keyword_gated``: detectors whose keywords are searched even when their pattern is
+        in the pass (a custom detector's keywords are a condition its user set; a built-in's
+        are implied by its pattern or only save work)."""
         self.always: set[str] = set()  # detectors the prefilter cannot vouch for
         self._ids: list[str] = []
         self._keywords: list[str] = []
@@ -312,7 +318,7 @@ class Prefilter:
         # condition ("sk_live_" and 10 more, not any "sk_live"; "SK" and 32 hex digits, not any
         # "sk"), so their keywords are reported present without a search: fewer literals make
         # a faster pass, and a two-character `in` over 64 KB that finds nothing takes 0.05 ms.
-        searched = {k for d, own in keywords_of.items() if d in self.always or own is None
+        searched = {k for d, own in keywords_of.items() if d in self.always or d in keyword_gated or own is None
                     for k in (keywords if own is None else own)} | {w for _, words in self._by_keyword for w in words}
         self._assumed = frozenset(k for k in keywords if k not in searched)
         # Searched keywords of one or two characters ("@") are found with `in`: in the
