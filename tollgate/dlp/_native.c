@@ -542,18 +542,26 @@ static unsigned char start_at(const unsigned char *t, Py_ssize_t p)
 }
 
 #ifdef __SSE2__
-/* Bit i set: a shape may start at t[p + i] (16 bytes from p >= 1): a digit not after [\w-],
- * or an upper-case letter not after \w. Most 16-byte blocks of text have none. */
-static unsigned int starts_in_block(const unsigned char *t, Py_ssize_t p)
+/* Bit k: a shape may start at t[at + k] (64 bytes from at): a digit not after [\w-], or an
+ * upper-case letter not after \w. `before`: bit 0, whether t[at - 1] is a word character;
+ * bit 1, whether it is a dash; updated for the next 64. Most 64-byte pieces of text have
+ * few or none. */
+static uint64_t starts_in_64(const unsigned char *t, Py_ssize_t at, unsigned int *before)
 {
-    __m128i here = _mm_loadu_si128((const __m128i *)(t + p)), before = _mm_loadu_si128((const __m128i *)(t + p - 1));
-    __m128i digit = IN(here, '0', '9'), upper = IN(here, 'A', 'Z');
-    __m128i word_before = _mm_or_si128(_mm_or_si128(IN(before, '0', '9'), IN(before, 'A', 'Z')),
-                                       _mm_or_si128(IN(before, 'a', 'z'), IS(before, '_')));
-    __m128i dash_before = IS(before, '-');
-    __m128i card = _mm_andnot_si128(_mm_or_si128(word_before, dash_before), digit);
-    __m128i letter = _mm_andnot_si128(word_before, upper);
-    return (unsigned int)_mm_movemask_epi8(_mm_or_si128(card, letter));
+    uint64_t digit = 0, upper = 0, word = 0, dash = 0;
+    for (int b = 0; b < 4; b++) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(t + at + 16 * b));
+        __m128i d = IN(v, '0', '9'), u = IN(v, 'A', 'Z');
+        __m128i w = _mm_or_si128(_mm_or_si128(d, u), _mm_or_si128(IN(v, 'a', 'z'), IS(v, '_')));
+        int shift = 16 * b;
+        digit |= (uint64_t)(unsigned int)_mm_movemask_epi8(d) << shift;
+        upper |= (uint64_t)(unsigned int)_mm_movemask_epi8(u) << shift;
+        word |= (uint64_t)(unsigned int)_mm_movemask_epi8(w) << shift;
+        dash |= (uint64_t)(unsigned int)_mm_movemask_epi8(IS(v, '-')) << shift;
+    }
+    uint64_t word_before = word << 1 | (*before & 1), dash_before = dash << 1 | (*before >> 1 & 1);
+    *before = (unsigned int)(word >> 63) | (unsigned int)(dash >> 63) << 1;
+    return (digit & ~(word_before | dash_before)) | (upper & ~word_before);
 }
 #endif
 
@@ -583,11 +591,10 @@ static PyObject *number_shapes(PyObject *module, PyObject *arg)
     const long by_start = SHAPE_CARD | SHAPE_IBAN | SHAPE_NINO;
     Py_ssize_t p = 0;
 #ifdef __SSE2__
-    if (n > 0)
-        found = shapes_at(t, n, p++, found);
-    for (; p + 16 <= n && found != by_start; p += 16)
-        for (unsigned int bits = starts_in_block(t, p); bits; bits &= bits - 1)
-            found = shapes_at(t, n, p + __builtin_ctz(bits), found);
+    unsigned int before = 0; /* the start of the text is a boundary */
+    for (; p + 64 <= n && found != by_start; p += 64)
+        for (uint64_t bits = starts_in_64(t, p, &before); bits && found != by_start; bits &= bits - 1)
+            found = shapes_at(t, n, p + __builtin_ctzll(bits), found);
 #endif
     for (; p < n && found != by_start; p++)
         found = shapes_at(t, n, p, found);

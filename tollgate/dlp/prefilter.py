@@ -337,11 +337,11 @@ class Prefilter:
         by_keyword = {d for d, _ in self._by_keyword}
         self._shapes = {d: bit for d, bit in shapes.items() if d in self._ids}
         tight = [(d, gate) for d, _, _, gate, _ in compiled if (d in gated or d in by_keyword) and d not in self._shapes]
-        self._tight_ids = [d for d, _ in tight]
-        self._refinable = frozenset(self._tight_ids)
-        if tight:
-            self._tight_db = _database([gate for _, gate in tight], [_ASCII_FLAGS] * len(tight))
-            self._tight_scratch, self._tight_local = hyperscan.Scratch(self._tight_db), threading.local()
+        # One database a detector: usually one needs refining (NHS numbers where "nhs" occurs),
+        # and its gate alone scans faster than all of them together.
+        databases = {d: _database([gate], [_ASCII_FLAGS]) for d, gate in tight}
+        self._tight = {d: (db, hyperscan.Scratch(db), threading.local()) for d, db in databases.items()}
+        self._refinable = frozenset(self._tight)
         fast = [(d, p) for d, _, p, _, _ in compiled if d not in by_keyword and d not in self._shapes]
         self._ascii_ids = [d for d, _ in fast]
         self._ascii_db = _database([p for _, p in fast] + [e for _, e, _ in keyword_expressions or []],
@@ -418,16 +418,12 @@ class Prefilter:
             for d in [d for d in hits if d in self._keywords_of]:
                 if self._keywords_of[d].isdisjoint(found):
                     hits.discard(d)
-        refine = hits & self._refinable
-        if refine:
-            hits -= refine
-            tight = self._tight_ids
-
-            def on_tight_match(index: int, _from: int, _to: int, _flags: int, _ctx: object) -> None:
-                if tight[index] in refine:
-                    hits.add(tight[index])
-
-            _scan(self._tight_db, self._tight_scratch, self._tight_local, data, on_tight_match)
+        for detector in hits & self._refinable:  # its tight gate must pass too
+            db, scratch, local = self._tight[detector]
+            passed: list[bool] = []
+            _scan(db, scratch, local, data, lambda *_: passed.append(True))
+            if not passed:
+                hits.discard(detector)
         return Hits(hits, found if self._keywords_known else None)
 
     def locate(self, text: str, detector: str) -> list[int] | None:
