@@ -63,11 +63,12 @@ class Engine:
         """The matches in the text. Each detector has PATTERN_TIMEOUT, and none runs past
         ``deadline`` (time.monotonic()) when one is given: a caller on the event loop bounds
         all its scans together. Past either, ScanIncomplete."""
-        view = detection_view(text)
-        hits = self._multi.scan(view.text) if self._multi else prefilters.Hits(None, None)
+        view = None if text.isascii() else detection_view(text)  # ASCII text is its own view
+        hits = self._multi.scan(text if view is None else view.text) if self._multi else prefilters.Hits(None, None)
         candidates = hits.detectors
         if candidates is not None and not candidates:
             return []  # the usual case: a clean text, one pass
+        view = view or detection_view(text)
         keywords = _Keywords(view.text, hits.keywords)
         matches: list[Match] = []
         for detector in self._runnable(candidates):

@@ -99,10 +99,12 @@ def inspect_message(engine: Engine, dlp: DlpSettings, key: bytes, text: str, hos
 def is_clean(engine: Engine, text: str | None, deadline: float | None = None) -> bool:
     """Fast path: one scan of all the text and its decoded layers. Most requests are clean
     and stop here; only a request with a finding pays for parsing and per-slot attribution."""
-    if text is None:
+    if text is None or engine.scan(text, deadline):
         return False
-    return not engine.scan(text, deadline) and not any(engine.scan(layer.text, deadline)
-                                                       for layer in peel_layers(Slot("all", text)))
+    for layer in peel_layers(Slot("all", text)):
+        if engine.scan(layer.text, deadline):
+            return False
+    return True
 
 
 def clean_at_a_glance(engine: Engine, text: str | None) -> bool:
