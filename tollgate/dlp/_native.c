@@ -27,9 +27,9 @@
  *   each ";" backwards (in a form, "&" separates every field).
  *
  * number_shapes: for ASCII text, a bit for each number detector whose regex may match (see
- * SHAPE_* below): the prefilter's gate for them. In hyperscan each of these patterns, which
- * open with a character class and no literal, cost about as much as all the others
- * together (a card number's leading boundary most of all).
+ * SHAPE_* below): the prefilter's gate for them. In hyperscan these patterns, which open
+ * with a character class and no literal, each cost more than several others together (the
+ * card number's leading boundary as much as all of them).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

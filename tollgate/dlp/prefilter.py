@@ -244,7 +244,6 @@ class Hits(NamedTuple):  # a tuple: made for every text scanned, cheaper than a 
     keywords: set[str] | None  # the keywords present; None: not known (search in Python)
 
 
-
 class Prefilter:
     def __init__(self, patterns: Iterable[tuple], keywords: Iterable[str] = (),
                  digits_marker: str = "", digits_pattern: str = "", locatable: frozenset[str] = frozenset(),
@@ -313,11 +312,12 @@ class Prefilter:
         # word within reach of the value) is worth a look.
         self._by_keyword = [(d, words) for d, words in context_words.items()
                             if keywords_known and words <= set(keywords)]
-        # Only a detector the database cannot take, and those gated by their context words,
-        # need keywords searched. For the others the pattern in the pass is the stronger
-        # condition ("sk_live_" and 10 more, not any "sk_live"; "SK" and 32 hex digits, not any
-        # "sk"), so their keywords are reported present without a search: fewer literals make
-        # a faster pass, and a two-character `in` over 64 KB that finds nothing takes 0.05 ms.
+        # Keywords are searched only for a detector the database cannot take, a
+        # `keyword_gated` one, and those gated by their context words. For the others the
+        # pattern in the pass is the stronger condition ("sk_live_" and 10 more, not any
+        # "sk_live"; "SK" and 32 hex digits, not any "sk"), so their keywords are reported
+        # present without a search: fewer literals make a faster pass, and a two-character
+        # `in` over 64 KB that finds nothing takes 0.05 ms.
         searched = {k for d, own in keywords_of.items() if d in self.always or d in keyword_gated or own is None
                     for k in (keywords if own is None else own)} | {w for _, words in self._by_keyword for w in words}
         self._assumed = frozenset(k for k in keywords if k not in searched)
@@ -351,9 +351,9 @@ class Prefilter:
         self._local = threading.local()  # scratch space is per thread; scans run in worker threads
         self._ascii_local = threading.local()
         self._keywords_known = keyword_expressions is not None
+        self._keywords_of = {d: frozenset(own) for d, own in keywords_of.items() if own}
         # What an ASCII text with no match, no shape and no searched keyword gets: the
         # detectors the pass cannot vouch for that need no keyword, and the assumed keywords.
-        self._keywords_of = {d: frozenset(own) for d, own in keywords_of.items() if own}
         self._nothing_found = Hits(frozenset(d for d in self.always if d not in self._keywords_of), self._assumed)
         for detector, _, _, _, ascii_pattern in compiled:
             if detector in locatable:  # every match end, not just "somewhere"
