@@ -160,3 +160,43 @@ def test_has_entity_is_the_entity_regex():
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
         assert content.has_entity(text) == bool(content._ENTITY.search(text)), repr(text)
     assert content.has_entity("a=1&b=2;c") is False and content.has_entity("x &#x41; y") is True
+
+
+@pytest.mark.skipif(content._native_layers is None, reason="the native module is not built (see the first test)")
+def test_without_the_native_module_the_inspection_finds_the_same():
+    """README: where _native.c is not built, the same inspection runs in Python and
+    hyperscan, with the same findings. Both ways over known secrets in several encodings and
+    over a generated corpus."""
+    import base64 as b64
+    import urllib.parse
+
+    from tollgate.dlp import prefilter
+    from tollgate.dlp.detectors import BUILTIN
+    from tollgate.dlp.engine import Engine
+    from tollgate.dlp.inspect import is_clean
+    from tests.support.corpus import generate
+    from tests.support.secrets import POSITIVE
+
+    texts = []
+    for _, value in POSITIVE.values():
+        texts += [f'{{"note": "x {value} y"}}', f"a={urllib.parse.quote_plus(value)}&b=2",
+                  f"blob {b64.b64encode(value.encode()).decode()} end", f"hex {value.encode().hex()} end"]
+    texts += [body.decode("utf-8", "replace") for _, body in generate(300, 21)]
+
+    def results(engine):
+        return [([(m.detector, m.start, m.end) for m in engine.scan(t)], is_clean(engine, t),
+                 [(s.layers, s.text) for s in content.peel_layers(content.Slot("all", t))]) for t in texts]
+
+    native = results(Engine(BUILTIN))
+    saved = (prefilter.number_shapes, content._native_layers, content._native_percent, content._native_has_entity)
+    prefilter.build.cache_clear()
+    try:
+        prefilter.number_shapes = content._native_layers = content._native_percent = content._native_has_entity = None
+        fallback_engine = Engine(BUILTIN)
+        assert not getattr(fallback_engine._multi, "_shapes", {})  # the number detectors went to hyperscan
+        fallback = results(fallback_engine)
+    finally:
+        prefilter.number_shapes, content._native_layers, content._native_percent, content._native_has_entity = saved
+        prefilter.build.cache_clear()  # no later engine may get the fallback's prefilter
+    assert fallback == native
+    assert sum(not clean for _, clean, _ in native) >= len(POSITIVE)  # the secrets were found
