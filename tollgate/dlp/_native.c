@@ -354,13 +354,19 @@ static int has_run(bits128 bits, int length)
     return bits != 0;
 }
 
-static PyObject *encoded_layers(PyObject *module, PyObject *arg)
+/* The functions that take one bytes-like argument: `function` on its bytes. */
+static PyObject *on_bytes(PyObject *arg, PyObject *(*function)(const unsigned char *, Py_ssize_t))
 {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    const unsigned char *data = view.buf;
-    Py_ssize_t n = view.len;
+    PyObject *result = function(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *layers_of(const unsigned char *data, Py_ssize_t n)
+{
     PyObject *b64 = PyList_New(0), *hex = PyList_New(0), *result = NULL;
     unsigned char *buf = PyMem_Malloc(n > 0 ? (size_t)n : 1);
     if (b64 == NULL || hex == NULL || buf == NULL) {
@@ -400,9 +406,12 @@ static PyObject *encoded_layers(PyObject *module, PyObject *arg)
             Py_ssize_t start = at + bit;
             if (start < resume)
                 continue;
-            bits128 after = ~(w >> bit); /* its lowest set bit: where the run ends */
-            int length = (uint64_t)after ? __builtin_ctzll((uint64_t)after) : 64 + __builtin_ctzll((uint64_t)(after >> 64));
-            bits128 run = (((bits128)1 << length) - 1) << bit;
+            /* Where the run ends: the lowest set bit of `after`, if any (none: it fills the
+             * window, as image data can). */
+            bits128 after = ~(w >> bit);
+            int length = (uint64_t)after ? __builtin_ctzll((uint64_t)after)
+                       : (uint64_t)(after >> 64) ? 64 + __builtin_ctzll((uint64_t)(after >> 64)) : 128;
+            bits128 run = bit + length < 128 ? (((bits128)1 << length) - 1) << bit : 0;
             bits128 hex_digits = ((bits128)here.hex | (bits128)ahead.hex << 64) & run;
             if (bit + length >= 128 || has_run(hex_digits, HEX_MIN_RUN)) { /* may go on past the window */
                 resume = base64_run(data, n, start, buf, b64, hex);
@@ -424,8 +433,12 @@ done:
     PyMem_Free(buf);
     Py_XDECREF(b64);
     Py_XDECREF(hex);
-    PyBuffer_Release(&view);
     return result;
+}
+
+static PyObject *encoded_layers(PyObject *module, PyObject *arg)
+{
+    return on_bytes(arg, layers_of);
 }
 
 /* --- number shapes ---------------------------------------------------------------------
@@ -580,13 +593,8 @@ static long shapes_at(const unsigned char *t, Py_ssize_t n, Py_ssize_t p, long f
     return found;
 }
 
-static PyObject *number_shapes(PyObject *module, PyObject *arg)
+static PyObject *shapes_of(const unsigned char *t, Py_ssize_t n)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    const unsigned char *t = view.buf;
-    Py_ssize_t n = view.len;
     long found = 0;
     const long by_start = SHAPE_CARD | SHAPE_IBAN | SHAPE_NINO;
     Py_ssize_t p = 0;
@@ -603,8 +611,12 @@ static PyObject *number_shapes(PyObject *module, PyObject *arg)
          dash = memchr(dash + 1, '-', n - (dash + 1 - t)))
         if (ssn_around(t, n, dash - t))
             found |= SHAPE_SSN;
-    PyBuffer_Release(&view);
     return PyLong_FromLong(found);
+}
+
+static PyObject *number_shapes(PyObject *module, PyObject *arg)
+{
+    return on_bytes(arg, shapes_of);
 }
 
 static PyObject *percent_decoded(PyObject *module, PyObject *args)
@@ -636,13 +648,8 @@ static PyObject *percent_decoded(PyObject *module, PyObject *args)
     return text;
 }
 
-static PyObject *has_entity(PyObject *module, PyObject *arg)
+static PyObject *entity_in(const unsigned char *t, Py_ssize_t n)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    const unsigned char *t = view.buf;
-    Py_ssize_t n = view.len;
     int found = 0;
     for (const unsigned char *end = memchr(t, ';', n); end != NULL && !found; end = memchr(end + 1, ';', n - (end + 1 - t))) {
         /* The longest run of letters, of digits and of hex digits just before the ";": each
@@ -658,8 +665,12 @@ static PyObject *has_entity(PyObject *module, PyObject *arg)
             ;
         found = found || (j < at - 1 && j >= 2 && t[j] == 'x' && t[j - 1] == '#' && t[j - 2] == '&');
     }
-    PyBuffer_Release(&view);
     return PyBool_FromLong(found);
+}
+
+static PyObject *has_entity(PyObject *module, PyObject *arg)
+{
+    return on_bytes(arg, entity_in);
 }
 
 static PyMethodDef methods[] = {
