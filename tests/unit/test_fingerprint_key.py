@@ -52,3 +52,17 @@ def test_a_key_readable_by_others_is_refused(tmp_path):
     os.chmod(tmp_path / KEY_FILE, 0o644)
     with pytest.raises(PermissionError):
         load_or_create_key(tmp_path)
+
+
+def test_the_key_is_never_written_through_a_planted_link(tmp_path):
+    # Someone who can write into the CA directory plants a link where the key is first
+    # written: the start fails, and the link's target is not overwritten with the key.
+    directory = tmp_path / "ca"
+    directory.mkdir(mode=0o700)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"untouched")
+    (directory / f".{KEY_FILE}.{os.getpid()}.tmp").symlink_to(target)
+    with pytest.raises(OSError):
+        load_or_create_key(directory)
+    assert target.read_bytes() == b"untouched"
+    assert not (directory / KEY_FILE).exists()

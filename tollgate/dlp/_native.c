@@ -693,5 +693,14 @@ PyMODINIT_FUNC PyInit__native(void)
 {
     init_tables();
     init_shape_tables();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* number_shapes' bits, by the names detectors give their shape (SHAPES["card"]). */
+    PyObject *shapes = Py_BuildValue("{sisisisi}", "card", SHAPE_CARD, "ssn", SHAPE_SSN, "iban", SHAPE_IBAN,
+                                     "nino", SHAPE_NINO);
+    if (m == NULL || shapes == NULL || PyModule_AddObject(m, "SHAPES", shapes) < 0) {
+        Py_XDECREF(shapes);
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }

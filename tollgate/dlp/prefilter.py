@@ -22,10 +22,9 @@ try:  # a binary wheel for x86-64 Linux; elsewhere the engine runs every detecto
 except ImportError:  # pragma: no cover - depends on the platform
     hyperscan = None
 try:  # built at install (setup.py); without it, those detectors' patterns go to hyperscan
-    from tollgate.dlp._native import number_shapes
+    from tollgate.dlp._native import SHAPES as SHAPE_BITS, number_shapes  # a shape's name → its bit
 except ImportError:  # pragma: no cover - depends on the build
-    number_shapes = None
-SHAPE_BITS = {"card": 1, "ssn": 2, "iban": 4, "nino": 8}  # as number_shapes reports them
+    number_shapes, SHAPE_BITS = None, {}
 
 _FLAGS = _ASCII_FLAGS = 0
 if hyperscan is not None:
